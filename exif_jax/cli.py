@@ -1,0 +1,38 @@
+"""The `exif-jax` command: subcommands only. Each parses its flags and calls one function."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, function, help). The module defines `add_args(parser)`; the function takes the
+# parsed argparse.Namespace and returns an exit code.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "exif": ("exif_jax.exif", "cli_main", "print EXIF text and tags as JSON lines"),
+    "train-tokenizer": ("exif_jax.tokenizer", "cli_main", "train the sentencepiece model on EXIF texts"),
+    "build-data": ("exif_jax.data.build", "cli_main", "photos -> ArrayRecord shards + summary.json"),
+    "train": ("exif_jax.train", "cli_main", "pretrain the two towers"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="exif-jax", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    if argv and argv[0] in COMMANDS:
+        # Import only the module that runs: jax and friends are slow to import.
+        name = argv[0]
+        mod_name, fn_name, help_ = COMMANDS[name]
+        mod = importlib.import_module(mod_name)
+        p = sub.add_parser(name, help=help_)
+        mod.add_args(p)
+        args = parser.parse_args(argv)
+        return int(getattr(mod, fn_name)(args) or 0)
+    for name, (_, _, help_) in COMMANDS.items():
+        sub.add_parser(name, help=help_)
+    parser.parse_args(argv)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

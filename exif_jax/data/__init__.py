@@ -1,0 +1,1 @@
+"""Photos -> ArrayRecord shards -> grain batches on a mesh."""

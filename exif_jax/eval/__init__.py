@@ -1,0 +1,1 @@
+"""Zero-shot localization, detection, probes and retrieval."""

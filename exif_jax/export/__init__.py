@@ -1,0 +1,1 @@
+"""Exports to PyTorch libraries and import of the paper's weights."""

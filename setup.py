@@ -1,0 +1,41 @@
+"""exif-jax: EXIF as Language (Zheng, Owens, Shrivastava, CVPR 2023) in JAX/Flax NNX."""
+from setuptools import find_packages, setup
+
+# Exact pins: the set that resolved together on 2026-11-26 (Python 3.11), `pip check` clean.
+INSTALL_REQUIRES = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "grain==0.2.18",
+    "array-record==0.8.6",
+    "tensorflow-datasets==4.9.10",
+    "sentencepiece==0.2.3",
+    "pillow==13.0.0",
+    "numpy==2.4.6",
+    "ml-collections==1.1.0",
+    "msgpack==1.2.4",
+    "tensorboardX==2.6.5",
+    "matplotlib==3.11.2",
+    "tqdm==4.70.1",
+    "absl-py==2.5.1",
+]
+
+setup(
+    name="exif-jax",
+    version="0.1.0",
+    description="EXIF as Language: camera-metadata contrastive pretraining and zero-shot splice localization in JAX",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["exif_jax", "exif_jax.*"]),
+    package_data={"exif_jax": ["assets/**/*", "assets/*"]},
+    include_package_data=True,
+    install_requires=INSTALL_REQUIRES,
+    extras_require={
+        "torch": ["torch==2.13.0", "transformers==5.24.0", "safetensors==0.8.0"],
+        "dev": ["pytest==9.2.0", "scikit-learn==1.9.1"],
+    },
+    entry_points={"console_scripts": ["exif-jax=exif_jax.cli:main"]},
+)
