@@ -1,0 +1,474 @@
+"""`exif-jax build-data`: photos -> ArrayRecord shards of records (original bytes + EXIF text) + summary.json.
+
+Pass 1 lists and hashes the inputs (unreadable files and duplicates are skipped there) and assigns the
+unique files, sorted by sha256, to shards. Pass 2 builds the shards in parallel processes. Each shard is
+written under a temporary name and renamed when complete, then a per-shard sidecar JSON (its counts and
+a digest of its inputs and settings) is written the same way; the sidecar marks the shard finished.
+Re-running the same command after an interruption builds only the shards that lack a matching sidecar.
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import hashlib
+import importlib.util
+import io
+import json
+import math
+import multiprocessing
+import os
+import re
+import sys
+import warnings
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from struct import error as struct_error
+
+from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from exif_jax import exif
+from exif_jax.data.records import RECORD_VERSION, Record, decode_record, encode_record
+
+SUMMARY_VERSION = 1
+# One record per chunk: a random read touches only its record. JPEG bytes do not compress.
+WRITER_OPTIONS = "group_size:1,uncompressed"
+SHARD_RE = re.compile(r"^records-(\d{5})-of-(\d{5})\.array_record$")
+MAX_LISTED = 1000  # file names listed per skip reason in summary.json (counts are always complete)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a record depends on besides the file: part of each shard's digest."""
+    tag_order: tuple[str, ...]
+    max_value_len: int = 40
+    style: str = "metadata_extractor"
+    min_size: int = 128
+    formats: tuple[str, ...] = ("JPEG", "MPO")  # MPO: multi-picture camera JPEGs (Fujifilm, some phones)
+
+
+@dataclass
+class Item:
+    """One input file: `src` is read, `name` goes into the record's `path`; `tags` when EXIF comes from a TSV."""
+    src: str
+    name: str
+    sha256: str = ""
+    tags: dict[str, str] | None = field(default=None)
+
+
+def shard_name(i: int, n: int) -> str:
+    """File name of shard i of n."""
+    return f"records-{i:05d}-of-{n:05d}.array_record"
+
+
+# ----------------------------------------------------------------------------- one file
+
+_GRAY_MODES = {"1", "L", "LA", "La"}
+_HIGH_BIT_MODES = {"I", "F", "I;16", "I;16L", "I;16B", "I;16N", "RGB;16", "RGBA;16"}
+
+
+def check_image(data: bytes, *, min_size: int = 128, formats: Sequence[str] = ("JPEG", "MPO")
+                ) -> tuple[str, int, int]:
+    """Decode the image once (pixels are discarded); returns ("", width, height) or (skip reason, 0, 0)."""
+    try:
+        with warnings.catch_warnings():
+            # Pillow only warns between MAX_IMAGE_PIXELS and twice that; both are bombs here.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                fmt, mode, (w, h) = im.format, im.mode, im.size
+                if mode == "CMYK":
+                    return "cmyk", 0, 0
+                if mode in _GRAY_MODES:
+                    return "grayscale", 0, 0
+                if mode in _HIGH_BIT_MODES or mode.startswith("I;16"):
+                    return "high_bit_depth", 0, 0
+                if mode != "RGB":
+                    return "unsupported_mode", 0, 0
+                if min(w, h) < min_size:
+                    return "too_small", 0, 0
+                if fmt not in formats:
+                    return "not_jpeg" if "JPEG" in formats else "unsupported_format", 0, 0
+                im.load()  # a truncated or corrupt stream fails here, not when a crop is read
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        return "decompression_bomb", 0, 0
+    except UnidentifiedImageError:
+        return "not_an_image", 0, 0
+    except (OSError, SyntaxError, ValueError, IndexError, TypeError, struct_error, EOFError,
+            RuntimeError, MemoryError):
+        # Pillow raises a zoo of types on corrupt streams; any of them means "cannot be decoded".
+        return "corrupt_image", 0, 0
+    return "", w, h
+
+
+def make_record(data: bytes, name: str, settings: Settings, tags: dict[str, str] | None = None,
+                sha256: str | None = None) -> tuple[Record | None, str]:
+    """Check one file's bytes and build its record; returns (record, "") or (None, skip reason)."""
+    reason, width, height = check_image(data, min_size=settings.min_size, formats=settings.formats)
+    if reason:
+        return None, reason
+    if tags is None:
+        try:
+            tags = exif.read_tags(data, name=name)
+        except exif.ExifError:
+            return None, "bad_exif"
+    if not tags:
+        return None, "no_exif"
+    if len(exif.select_tags(tags, ("Make", "Model"), 256)) < 2:
+        return None, "no_camera"  # camera-held-out splits need both Make and Model (after cleaning)
+    order = settings.tag_order
+    rec: Record = {
+        "image": data,
+        "text": exif.render_text(tags, tag_order=order, max_value_len=settings.max_value_len,
+                                 style=settings.style),
+        "tags": exif.select_tags(tags, tag_order=order, max_value_len=settings.max_value_len),
+        "width": width, "height": height,
+        "camera": exif.camera_key(tags),
+        "path": name,
+        "sha256": sha256 or hashlib.sha256(data).hexdigest(),
+    }
+    return rec, ""
+
+
+# ----------------------------------------------------------------------------- pass 1: inputs
+
+# Files with these extensions are tried (and skipped with a reason if they are not camera JPEGs); the
+# rest of a folder (sidecar .txt/.json/.xmp files, ...) is only counted, as "other_extension".
+IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".mpo", ".png", ".tif", ".tiff", ".webp", ".bmp",
+                        ".gif", ".heic", ".heif"})
+
+
+def list_folder(folder: str) -> tuple[list[str], list[str]]:
+    """Non-hidden files under `folder`, sorted: (image-named files, all other files)."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder not found: {folder}")
+    images, others = [], []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for f in filenames:
+            if not f.startswith("."):
+                (images if Path(f).suffix.lower() in IMAGE_EXTS else others).append(os.path.join(dirpath, f))
+    return sorted(images), sorted(others)
+
+
+def list_images(folder: str) -> list[str]:
+    """The image-named files under `folder`, sorted."""
+    return list_folder(folder)[0]
+
+
+def items_from_folder(folder: str) -> tuple[list[Item], dict[str, list[str]]]:
+    """Inputs from a folder tree, plus its non-image files as skipped "other_extension"."""
+    images, others = list_folder(folder)
+    return items_from_paths(images), ({"other_extension": others} if others else {})
+
+
+def items_from_paths(paths: Sequence[str]) -> list[Item]:
+    """Inputs from photo paths (the record keeps the path as given)."""
+    return [Item(src=p, name=p) for p in paths]
+
+
+def items_from_list(list_file: str) -> list[Item]:
+    """Inputs from a file with one photo path per line (relative paths are relative to the file)."""
+    base = Path(list_file).resolve().parent
+    with open(list_file, encoding="utf-8") as f:
+        lines = [ln.strip() for ln in f if ln.strip() and not ln.startswith("#")]
+    return [Item(src=str(base / p) if not os.path.isabs(p) else p, name=p) for p in lines]
+
+
+def items_from_yfcc(tsv: str, image_dir: str) -> tuple[list[Item], dict[str, list[str]]]:
+    """Inputs from a YFCC100M EXIF TSV: tags from each line, bytes from IMAGE_DIR/<photo_id>.jpg."""
+    items, skipped = [], {}
+    with open(tsv, encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                photo_id, tags = exif.parse_yfcc_line(line)
+            except Exception as e:  # noqa: BLE001 - any malformed line is skipped, named by its number
+                skipped.setdefault("bad_tsv_line", []).append(f"{tsv}:{lineno}: {e}")
+                continue
+            items.append(Item(src=os.path.join(image_dir, f"{photo_id}.jpg"), name=str(photo_id), tags=tags))
+    return items, skipped
+
+
+def _hash(item: Item) -> tuple[Item, str]:
+    try:
+        h = hashlib.sha256()
+        with open(item.src, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    except FileNotFoundError:
+        return item, "missing"
+    except OSError:  # permission, a directory, an I/O error
+        return item, "unreadable"
+    item.sha256 = h.hexdigest()
+    return item, ""
+
+
+def plan_inputs(items: Sequence[Item], *, workers: int = 4, progress: bool = True
+                ) -> tuple[list[Item], dict[str, list[str]]]:
+    """Hash every input; returns the unique readable items sorted by sha256 and the skips by reason."""
+    skipped: dict[str, list[str]] = {}
+    by_hash: dict[str, Item] = {}
+    with cf.ThreadPoolExecutor(max(1, workers)) as ex:  # hashlib and file reads release the GIL
+        results = list(tqdm(ex.map(_hash, items), total=len(items), desc="hash", disable=not progress,
+                            unit="file"))
+    # The first of equal files by name is kept, so the choice does not depend on listing order.
+    for item, reason in sorted(results, key=lambda r: r[0].name):
+        if reason:
+            skipped.setdefault(reason, []).append(item.name)
+        elif item.sha256 in by_hash:
+            skipped.setdefault("duplicate", []).append(item.name)
+        else:
+            by_hash[item.sha256] = item
+    return [by_hash[h] for h in sorted(by_hash)], skipped
+
+
+# ----------------------------------------------------------------------------- pass 2: shards
+
+def _digest(items: Sequence[Item], settings: Settings) -> str:
+    payload = {"settings": asdict(settings), "record_version": RECORD_VERSION,
+               "items": [[it.sha256, it.name, it.tags] for it in items]}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _atomic_write_json(path: str, obj: dict) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _sidecar_path(shard_path: str) -> str:
+    return shard_path[: -len(".array_record")] + ".json"
+
+
+def build_shard(shard_path: str, items: Sequence[Item], settings: Settings, digest: str) -> dict:
+    """Write one shard under a temporary name, rename it, then write its sidecar; returns the sidecar."""
+    tmp = f"{shard_path}.tmp"
+    if os.path.exists(tmp):
+        os.remove(tmp)  # left by an interrupted run
+    skipped: dict[str, list[str]] = {}
+    cameras: Counter[str] = Counter()
+    n, nbytes = 0, 0
+    writer = ArrayRecordWriter(tmp, WRITER_OPTIONS)
+    try:
+        for it in items:
+            try:
+                with open(it.src, "rb") as f:
+                    data = f.read()
+            except OSError:
+                skipped.setdefault("unreadable", []).append(it.name)
+                continue
+            sha = hashlib.sha256(data).hexdigest()
+            if sha != it.sha256:
+                skipped.setdefault("changed_during_build", []).append(it.name)
+                continue
+            try:
+                rec, reason = make_record(data, it.name, settings, tags=it.tags, sha256=sha)
+            except Exception as e:  # a bug, not bad input: stop, naming the file (finished shards stay)
+                raise RuntimeError(f"build-data failed on {it.src}: {type(e).__name__}: {e}") from e
+            if rec is None:
+                skipped.setdefault(reason, []).append(it.name)
+                continue
+            writer.write(encode_record(rec))
+            cameras[rec["camera"]] += 1
+            n += 1
+            nbytes += len(data)
+    finally:
+        writer.close()
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())  # on disk before the rename makes it count as finished
+    os.replace(tmp, shard_path)
+    side = {"shard": os.path.basename(shard_path), "digest": digest, "records": n, "image_bytes": nbytes,
+            "inputs": len(items), "skipped": skipped, "cameras": dict(sorted(cameras.items()))}
+    _atomic_write_json(_sidecar_path(shard_path), side)
+    return side
+
+
+def _finished(shard_path: str, digest: str) -> dict | None:
+    side = _sidecar_path(shard_path)
+    if not (os.path.exists(shard_path) and os.path.exists(side)):
+        return None
+    with open(side, encoding="utf-8") as f:
+        meta = json.load(f)
+    if meta.get("digest") != digest:
+        raise RuntimeError(
+            f"{shard_path} was built from other inputs or settings than this run's; "
+            f"build into an empty --out folder (or delete that folder) instead of mixing builds")
+    return meta
+
+
+def _check_no_foreign_shards(out_dir: str, num_shards: int) -> None:
+    for name in os.listdir(out_dir):
+        m = SHARD_RE.match(name)
+        if m and int(m.group(2)) != num_shards:
+            raise RuntimeError(f"{os.path.join(out_dir, name)} belongs to a build with {int(m.group(2))} shards, "
+                               f"this one makes {num_shards}; use an empty --out folder")
+
+
+def build_dataset(items: Sequence[Item], out_dir: str, settings: Settings, *, num_shards: int | None = None,
+                  records_per_shard: int = 64, workers: int | None = None, progress: bool = True,
+                  pre_skipped: dict[str, list[str]] | None = None) -> dict:
+    """Build (or finish building) the shards for `items` in `out_dir`; returns the summary it writes."""
+    workers = workers or os.cpu_count() or 1
+    if (num_shards is not None and num_shards < 1) or records_per_shard < 1:
+        raise ValueError(f"need --shards >= 1 and --records-per-shard >= 1, got {num_shards}, {records_per_shard}")
+    os.makedirs(out_dir, exist_ok=True)
+    unique, skipped = plan_inputs(items, workers=workers, progress=progress)
+    for reason, names in (pre_skipped or {}).items():
+        skipped.setdefault(reason, []).extend(names)
+    if num_shards is None:
+        num_shards = math.ceil(len(unique) / records_per_shard)
+    num_shards = max(1, min(num_shards, len(unique))) if unique else 0
+    _check_no_foreign_shards(out_dir, num_shards)
+    plans = []
+    for i in range(num_shards):
+        chunk = unique[i * len(unique) // num_shards:(i + 1) * len(unique) // num_shards]
+        plans.append((os.path.join(out_dir, shard_name(i, num_shards)), chunk, _digest(chunk, settings)))
+    sides: dict[str, dict] = {}
+    todo = []
+    for path, chunk, digest in plans:
+        meta = _finished(path, digest)
+        if meta is None:
+            todo.append((path, chunk, digest))
+        else:
+            sides[path] = meta
+    bar = tqdm(total=sum(len(c) for _, c, _ in todo), desc="build", unit="img", disable=not progress)
+    if workers <= 1 or len(todo) <= 1:
+        for path, chunk, digest in todo:
+            sides[path] = build_shard(path, chunk, settings, digest)
+            bar.update(len(chunk))
+    else:
+        # spawn, not fork: the caller may hold threads (jax, tqdm) that fork would copy half-alive.
+        ctx = multiprocessing.get_context("spawn")
+        with cf.ProcessPoolExecutor(min(workers, len(todo)), mp_context=ctx) as ex:
+            futs = {ex.submit(build_shard, path, chunk, settings, digest): (path, len(chunk))
+                    for path, chunk, digest in todo}
+            for fut in cf.as_completed(futs):
+                path, n = futs[fut]
+                sides[path] = fut.result()
+                bar.update(n)
+    bar.close()
+    summary = merge_summary([sides[p] for p, _, _ in plans], skipped, settings,
+                            inputs=len(items) + sum(map(len, (pre_skipped or {}).values())), unique=len(unique))
+    _atomic_write_json(os.path.join(out_dir, "summary.json"), summary)
+    return summary
+
+
+def merge_summary(sides: Sequence[dict], skipped: dict[str, list[str]], settings: Settings, *,
+                  inputs: int, unique: int) -> dict:
+    """summary.json from the shard sidecars plus the skips found while planning."""
+    skipped = {k: list(v) for k, v in skipped.items()}
+    cameras: Counter[str] = Counter()
+    for s in sides:
+        for reason, names in s["skipped"].items():
+            skipped.setdefault(reason, []).extend(names)
+        cameras.update(s["cameras"])
+    return {
+        "version": SUMMARY_VERSION, "record_version": RECORD_VERSION,
+        "inputs": inputs, "unique": unique,
+        "kept": sum(s["records"] for s in sides),
+        "skipped_total": sum(len(v) for v in skipped.values()),
+        "skipped": {r: {"count": len(v), "files": sorted(v)[:MAX_LISTED]} for r, v in sorted(skipped.items())},
+        "cameras": dict(sorted(cameras.items())),
+        "total_bytes": sum(s["image_bytes"] for s in sides),
+        "shards": [{"file": s["shard"], "records": s["records"], "image_bytes": s["image_bytes"]} for s in sides],
+        "tags": list(settings.tag_order), "max_value_len": settings.max_value_len, "style": settings.style,
+        "min_size": settings.min_size, "formats": list(settings.formats),
+    }
+
+
+# ----------------------------------------------------------------------------- reading back
+
+def shard_paths(data_dir: str) -> list[str]:
+    """The finished shard files of a build, in order; raises if the folder holds none or a mixture."""
+    if not os.path.isdir(data_dir):
+        raise FileNotFoundError(f"data folder not found: {data_dir}")
+    found = sorted(n for n in os.listdir(data_dir) if SHARD_RE.match(n))
+    if not found:
+        raise FileNotFoundError(f"no records-*-of-*.array_record shards in {data_dir} (run exif-jax build-data)")
+    totals = {int(SHARD_RE.match(n).group(2)) for n in found}
+    if len(totals) != 1:
+        raise RuntimeError(f"{data_dir} mixes shards of builds with {sorted(totals)} shards")
+    total = totals.pop()
+    if len(found) != total:
+        missing = sorted(set(shard_name(i, total) for i in range(total)) - set(found))
+        raise RuntimeError(f"{data_dir} is an unfinished build: missing {missing[:5]}... re-run build-data")
+    return [os.path.join(data_dir, n) for n in found]
+
+
+def read_records(data_dir: str) -> Iterator[Record]:
+    """Every record of a build, shard by shard."""
+    for path in shard_paths(data_dir):
+        reader = ArrayRecordReader(path)
+        try:
+            n = reader.num_records()
+            for start in range(0, n, 32):
+                for raw in reader.read(start, min(n, start + 32)):
+                    yield decode_record(raw)
+        finally:
+            reader.close()
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def load_config(path: str):
+    """Load an ml_collections config file (`get_config()`)."""
+    spec = importlib.util.spec_from_file_location("_exif_jax_config", path)
+    if spec is None or spec.loader is None:
+        raise FileNotFoundError(f"config not found: {path}")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config()
+
+
+def settings_from_config(config_path: str | None, min_size: int = 128) -> Settings:
+    """Settings from a config file's `exif` block (defaults: exif.DEFAULT_TAGS, 40, metadata_extractor)."""
+    if not config_path:
+        return Settings(tag_order=tuple(exif.DEFAULT_TAGS), min_size=min_size)
+    c = load_config(config_path)
+    return Settings(tag_order=tuple(c.exif.tags), max_value_len=int(c.exif.max_value_len),
+                    style=str(c.exif.get("style", "metadata_extractor")), min_size=min_size)
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    """Flags of `exif-jax build-data`."""
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--images", help="folder of photos (recursive; other files are counted, not read)")
+    src.add_argument("--list", dest="list_file", help="file with one photo path per line")
+    src.add_argument("--yfcc-exif", help="YFCC100M EXIF TSV (photo id + EXIF per line); needs --yfcc-images")
+    parser.add_argument("--yfcc-images", help="folder holding <photo_id>.jpg for each TSV line")
+    parser.add_argument("--out", required=True, help="output folder (re-run the same command to resume)")
+    n = parser.add_mutually_exclusive_group()
+    n.add_argument("--shards", type=int, help="number of shards")
+    n.add_argument("--records-per-shard", type=int, default=64, help="photos per shard when --shards is not given")
+    parser.add_argument("--workers", type=int, default=0, help="processes (0: all cores)")
+    parser.add_argument("--config", help="config file: EXIF tag set, max_value_len, style")
+    parser.add_argument("--min-size", type=int, default=128, help="skip photos whose shorter side is smaller")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def cli_main(args: argparse.Namespace) -> int:
+    """Run `exif-jax build-data`."""
+    pre: dict[str, list[str]] = {}
+    if args.yfcc_exif:
+        if not args.yfcc_images:
+            print("build-data: --yfcc-exif needs --yfcc-images DIR", file=sys.stderr)
+            return 2
+        items, pre = items_from_yfcc(args.yfcc_exif, args.yfcc_images)
+    elif args.list_file:
+        items = items_from_list(args.list_file)
+    else:
+        items, pre = items_from_folder(args.images)
+    settings = settings_from_config(args.config, min_size=args.min_size)
+    s = build_dataset(items, args.out, settings, num_shards=args.shards, records_per_shard=args.records_per_shard,
+                      workers=args.workers or None, progress=not args.quiet, pre_skipped=pre)
+    skipped = ", ".join(f"{r}={v['count']}" for r, v in s["skipped"].items()) or "none"
+    print(f"{args.out}: kept {s['kept']} of {s['inputs']} in {len(s['shards'])} shards; skipped: {skipped}")
+    return 0
