@@ -1,10 +1,11 @@
 """`exif-jax build-data`: photos -> ArrayRecord shards of records (original bytes + EXIF text) + summary.json.
 
 Pass 1 lists and hashes the inputs (unreadable files and duplicates are skipped there) and assigns the
-unique files, sorted by sha256, to shards. Pass 2 builds the shards in parallel processes. Each shard is
-written under a temporary name and renamed when complete, then a per-shard sidecar JSON (its counts and
-a digest of its inputs and settings) is written the same way; the sidecar marks the shard finished.
-Re-running the same command after an interruption builds only the shards that lack a matching sidecar.
+unique files, sorted by sha256, to shards. Pass 2 builds the shards in parallel processes; each photo is
+checked and turned into a record by photo_check.make_record. Each shard is written under a temporary
+name and renamed when complete, then a per-shard sidecar JSON (its counts and a digest of its inputs and
+settings) is written the same way; the sidecar marks the shard finished. Re-running the same command
+after an interruption builds only the shards that lack a matching sidecar.
 """
 from __future__ import annotations
 
@@ -12,25 +13,22 @@ import argparse
 import concurrent.futures as cf
 import hashlib
 import importlib.util
-import io
 import json
 import math
 import multiprocessing
 import os
 import re
 import sys
-import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from struct import error as struct_error
 
 from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
-from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from exif_jax import exif
+from exif_jax.data.photo_check import Settings, make_record
 from exif_jax.data.records import RECORD_VERSION, Record, decode_record, encode_record
 
 SUMMARY_VERSION = 1
@@ -38,16 +36,6 @@ SUMMARY_VERSION = 1
 WRITER_OPTIONS = "group_size:1,uncompressed"
 SHARD_RE = re.compile(r"^records-(\d{5})-of-(\d{5})\.array_record$")
 MAX_LISTED = 1000  # file names listed per skip reason in summary.json (counts are always complete)
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What a record depends on besides the file: part of each shard's digest."""
-    tag_order: tuple[str, ...]
-    max_value_len: int = 40
-    style: str = "metadata_extractor"
-    min_size: int = 128
-    formats: tuple[str, ...] = ("JPEG", "MPO")  # MPO: multi-picture camera JPEGs (Fujifilm, some phones)
 
 
 @dataclass
@@ -62,74 +50,6 @@ class Item:
 def shard_name(i: int, n: int) -> str:
     """File name of shard i of n."""
     return f"records-{i:05d}-of-{n:05d}.array_record"
-
-
-# ----------------------------------------------------------------------------- one file
-
-_GRAY_MODES = {"1", "L", "LA", "La"}
-_HIGH_BIT_MODES = {"I", "F", "I;16", "I;16L", "I;16B", "I;16N", "RGB;16", "RGBA;16"}
-
-
-def check_image(data: bytes, *, min_size: int = 128, formats: Sequence[str] = ("JPEG", "MPO")
-                ) -> tuple[str, int, int]:
-    """Decode the image once (pixels are discarded); returns ("", width, height) or (skip reason, 0, 0)."""
-    try:
-        with warnings.catch_warnings():
-            # Pillow only warns between MAX_IMAGE_PIXELS and twice that; both are bombs here.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
-                fmt, mode, (w, h) = im.format, im.mode, im.size
-                if mode == "CMYK":
-                    return "cmyk", 0, 0
-                if mode in _GRAY_MODES:
-                    return "grayscale", 0, 0
-                if mode in _HIGH_BIT_MODES or mode.startswith("I;16"):
-                    return "high_bit_depth", 0, 0
-                if mode != "RGB":
-                    return "unsupported_mode", 0, 0
-                if min(w, h) < min_size:
-                    return "too_small", 0, 0
-                if fmt not in formats:
-                    return "not_jpeg" if "JPEG" in formats else "unsupported_format", 0, 0
-                im.load()  # a truncated or corrupt stream fails here, not when a crop is read
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        return "decompression_bomb", 0, 0
-    except UnidentifiedImageError:
-        return "not_an_image", 0, 0
-    except (OSError, SyntaxError, ValueError, IndexError, TypeError, struct_error, EOFError,
-            RuntimeError, MemoryError):
-        # Pillow raises a zoo of types on corrupt streams; any of them means "cannot be decoded".
-        return "corrupt_image", 0, 0
-    return "", w, h
-
-
-def make_record(data: bytes, name: str, settings: Settings, tags: dict[str, str] | None = None,
-                sha256: str | None = None) -> tuple[Record | None, str]:
-    """Check one file's bytes and build its record; returns (record, "") or (None, skip reason)."""
-    reason, width, height = check_image(data, min_size=settings.min_size, formats=settings.formats)
-    if reason:
-        return None, reason
-    if tags is None:
-        try:
-            tags = exif.read_tags(data, name=name)
-        except exif.ExifError:
-            return None, "bad_exif"
-    if not tags:
-        return None, "no_exif"
-    if len(exif.select_tags(tags, ("Make", "Model"), 256)) < 2:
-        return None, "no_camera"  # camera-held-out splits need both Make and Model (after cleaning)
-    order = settings.tag_order
-    rec: Record = {
-        "image": data,
-        "text": exif.render_text(tags, tag_order=order, max_value_len=settings.max_value_len,
-                                 style=settings.style),
-        "tags": exif.select_tags(tags, tag_order=order, max_value_len=settings.max_value_len),
-        "width": width, "height": height,
-        "camera": exif.camera_key(tags),
-        "path": name,
-        "sha256": sha256 or hashlib.sha256(data).hexdigest(),
-    }
-    return rec, ""
 
 
 # ----------------------------------------------------------------------------- pass 1: inputs
