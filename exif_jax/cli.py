@@ -12,6 +12,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "train-tokenizer": ("exif_jax.tokenizer", "cli_main", "train the sentencepiece model on EXIF texts"),
     "build-data": ("exif_jax.data.build", "cli_main", "photos -> ArrayRecord shards + summary.json"),
     "train": ("exif_jax.train", "cli_main", "pretrain the two towers"),
+    "make-splices": ("exif_jax.eval.splices", "cli_main",
+                     "synthetic splice benchmark: host + donor photos from different cameras"),
+    "localize": ("exif_jax.eval.localize", "cli_main", "zero-shot splice maps + detection scores of photos"),
 }
 
 

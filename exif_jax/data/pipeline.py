@@ -1,0 +1,266 @@
+"""ArrayRecord shards -> grain -> native-resolution crops + EXIF tokens -> global batches on a mesh.
+
+Order (all index-based steps are lazy MapDataset views, so they cost nothing until an element is read):
+  records (sorted shards) -> tag with record index -> seeded global shuffle, reshuffled every epoch
+  -> repeat -> decode JPEG + k random crops (rng from seed and global position) -> tokenize
+  -> this process's slice -> [worker processes] -> rebatch k-crop groups into per-process batches
+  -> prefetch thread -> (GlobalBatchIterator) one global jax.Array per field, batch-sharded on the mesh.
+
+Pixels are never resized or resampled: the camera's demosaicing and JPEG traces at native resolution
+are the signal the image tower learns from.
+"""
+from __future__ import annotations
+
+import gc
+import hashlib
+import io
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh
+from PIL import Image
+
+from exif_jax.data import records
+from exif_jax.data.build import shard_paths
+from exif_jax.sharding import BATCH_AXES, batch_sharding
+
+# Host batch fields that the model consumes; `offset` (crop origin, for tests/debugging) is host-only.
+MODEL_FIELDS = ("image", "tokens", "image_id", "text_id")
+
+
+class TokenizerLike(Protocol):
+    """What the pipeline needs from a tokenizer (exif_jax.tokenizer.Tokenizer satisfies it)."""
+
+    pad_id: int
+    vocab_size: int
+
+    def encode(self, text: str) -> np.ndarray: ...
+
+
+def make_source(data_dir: str) -> grain.sources.RandomAccessDataSource:
+    """A grain random-access source over all shards in `data_dir`; element i is record i's bytes."""
+    # build's shard list refuses unfinished or mixed builds; sorted, so record indices are stable.
+    return grain.sources.ArrayRecordDataSource(shard_paths(data_dir))
+
+
+def text_id(text: str) -> int:
+    """Stable 31-bit id of an EXIF text (same text -> same id in every process and run)."""
+    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=4).digest()
+    return int.from_bytes(digest, "little") & 0x7FFFFFFF
+
+
+def decode_rgb(data: bytes, path: str = "<bytes>") -> np.ndarray:
+    """Decode image bytes to uint8 [H, W, 3] at native resolution, without resizing or rotating."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            # No EXIF-orientation transpose: it would move the sensor's pixel grid.
+            if im.mode != "RGB":
+                im = im.convert("RGB")
+            return np.asarray(im)
+    except Exception as e:  # PIL raises many types; the caller needs to know which record broke.
+        raise ValueError(f"{path}: cannot decode image: {e}") from e
+
+
+def random_crops(
+    image: np.ndarray, k: int, size: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """k uniformly placed size x size crops of `image` [H, W, C]; returns (crops [k,s,s,C], offsets [k,2] (y, x))."""
+    h, w = image.shape[:2]
+    if h < size or w < size:
+        raise ValueError(f"image {w}x{h} is smaller than the {size}x{size} crop")
+    ys = rng.integers(0, h - size + 1, size=k)
+    xs = rng.integers(0, w - size + 1, size=k)
+    # np.stack copies, so the full decoded image is freed once the crops exist.
+    crops = np.stack([image[y:y + size, x:x + size] for y, x in zip(ys, xs)])
+    return crops, np.stack([ys, xs], axis=1).astype(np.int32)
+
+
+class _TagIndex(grain.transforms.MapWithIndex):
+    """(record index, bytes): the index becomes image_id, stable across shuffles and epochs."""
+
+    def __init__(self, num_records: int):
+        self.num_records = num_records
+
+    def map_with_index(self, index: int, element: bytes) -> tuple[int, bytes]:
+        # Views past one epoch pass the raw position down (the source wraps it); wrap it here too.
+        return index % self.num_records, element
+
+
+class _DecodeCropTokenize(grain.transforms.RandomMap):
+    """One record -> a group of k crops with their ids and tokens (leading dim k on every field)."""
+
+    def __init__(self, crop_size: int, k: int, tokenizer: TokenizerLike):
+        self.crop_size = crop_size
+        self.k = k
+        self.tokenizer = tokenizer
+
+    def random_map(self, element: tuple[int, bytes], rng: np.random.Generator) -> dict[str, np.ndarray]:
+        index, raw = element
+        rec = records.decode_record(raw)
+        path, s = rec["path"], self.crop_size
+        # Fail before decoding: the build step skips small photos, so one here is a broken dataset.
+        if rec["width"] < s or rec["height"] < s:
+            raise ValueError(
+                f"{path} (record {index}): image {rec['width']}x{rec['height']} is smaller than "
+                f"the {s}x{s} crop; rebuild the dataset with `exif-jax build-data` (it skips these)")
+        image = decode_rgb(rec["image"], path)
+        try:
+            crops, offsets = random_crops(image, self.k, s, rng)
+        except ValueError as e:  # header size disagreed with the decoded size
+            raise ValueError(f"{path} (record {index}): {e}") from e
+        tokens = np.asarray(self.tokenizer.encode(rec["text"]), dtype=np.int32)
+        k = self.k
+        return {
+            "image": crops,  # uint8: the model normalizes on device (4x less host->device traffic than f32)
+            "tokens": np.tile(tokens[None], (k, 1)),
+            "image_id": np.full((k,), index, np.int32),
+            "text_id": np.full((k,), text_id(rec["text"]), np.int32),
+            "offset": offsets,
+        }
+
+
+def _to_numpy(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: np.array(v) for k, v in batch.items()}
+
+
+def _seeds(seed: int) -> tuple[int, int]:
+    """Two independent 32-bit seeds (shuffle, crops) derived from the run seed."""
+    a, b = np.random.SeedSequence(seed).generate_state(2)
+    return int(a), int(b)
+
+
+def _ensure_absl_flags_parsed() -> None:
+    """grain's worker processes read absl flags; parse them (to defaults) if the program did not."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def make_loader(
+    config: ml_collections.ConfigDict,
+    tokenizer: TokenizerLike,
+    *,
+    seed: int,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> grain.IterDataset:
+    """This process's host batches (dicts of numpy arrays); `iter()` gives a checkpointable grain iterator.
+
+    Fields: image uint8 [b, p, p, 3], tokens int32 [b, L], image_id int32 [b] (record index; crops of one
+    image share it), text_id int32 [b] (hash of the EXIF text), offset int32 [b, 2] (crop (y, x)), where
+    b = global_batch_size / process_count. process_index/count default to jax's.
+    """
+    d = config.data
+    if process_index is None or process_count is None:
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+    if d.global_batch_size % process_count:
+        raise ValueError(
+            f"data.global_batch_size {d.global_batch_size} is not divisible by {process_count} processes")
+    local_batch = d.global_batch_size // process_count
+    k = int(d.crops_per_image)
+    if k < 1 or d.crop_size < 1:
+        raise ValueError(f"need crops_per_image >= 1 and crop_size >= 1, got {k}, {d.crop_size}")
+    num_epochs = int(d.get("num_epochs", 0)) or None  # 0 -> repeat forever
+    shuffle_seed, crop_seed = _seeds(seed)
+
+    source = make_source(d.train_dir)
+    ds = grain.MapDataset.source(source).map_with_index(_TagIndex(len(source)))
+    if d.get("shuffle", True):
+        ds = ds.shuffle(seed=shuffle_seed)  # before repeat: repeat reseeds it, so each epoch differs
+    ds = ds.repeat(num_epochs)
+    # Crops drawn before the process split: the rng depends on the global position only.
+    ds = ds.random_map(_DecodeCropTokenize(int(d.crop_size), k, tokenizer), seed=crop_seed)
+    ds = ds[process_index::process_count]
+
+    images_per_batch = -(-local_batch // k)
+    read = grain.ReadOptions(
+        num_threads=int(d.get("read_threads", 2)),
+        prefetch_buffer_size=max(int(d.prefetch_buffer) * images_per_batch, 1))
+    it = ds.to_iter_dataset(read)
+    if d.worker_count > 0:
+        _ensure_absl_flags_parsed()
+        # Workers hand out k-crop groups (worker i takes groups i::W, read back round-robin), and batching
+        # happens here, so the batches are the same for any worker count (debug with 0, train with N).
+        it = it.mp_prefetch(grain.MultiprocessingOptions(
+            num_workers=int(d.worker_count),
+            per_worker_buffer_size=max(int(d.prefetch_buffer) * images_per_batch // int(d.worker_count), 1)))
+        # Copy out of the workers' shared memory (tiny next to decoding) so each segment is freed at once.
+        it = it.map(_to_numpy)
+    # Groups of k crops are cut into batches; a group may straddle two batches, which is fine:
+    # image_id, not batch membership, tells the loss which crops belong together.
+    it = grain.experimental.RebatchIterDataset(it, batch_size=local_batch, drop_remainder=True)
+    if d.prefetch_buffer > 0:
+        it = grain.experimental.ThreadPrefetchIterDataset(it, prefetch_buffer_size=int(d.prefetch_buffer))
+    return it
+
+
+def to_global(
+    batch: dict[str, np.ndarray], mesh: Mesh, batch_axes: Sequence[str] = BATCH_AXES
+) -> dict[str, jax.Array]:
+    """Assemble each process's host batch into global jax.Arrays, batch-sharded over `batch_axes`."""
+    sharding = batch_sharding(mesh, batch_axes)
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+class GlobalBatchIterator:
+    """Global, batch-sharded jax.Array batches from a host loader; its grain state is what checkpoints hold."""
+
+    def __init__(self, loader: grain.IterDataset, mesh: Mesh, *,
+                 batch_axes: Sequence[str] = BATCH_AXES, fields: Sequence[str] = MODEL_FIELDS):
+        self.host_iterator: grain.DatasetIterator = iter(loader)
+        self.mesh = mesh
+        self.batch_axes = tuple(batch_axes)
+        self.fields = tuple(fields)
+
+    def __iter__(self) -> Iterator[dict[str, jax.Array]]:
+        return self
+
+    def __next__(self) -> dict[str, jax.Array]:
+        batch = next(self.host_iterator)
+        return to_global({k: batch[k] for k in self.fields}, self.mesh, self.batch_axes)
+
+    def get_state(self) -> dict[str, Any]:
+        """grain iterator state (JSON-serializable): where the next batch comes from."""
+        return self.host_iterator.get_state()
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Continue from a state returned by get_state()."""
+        self.host_iterator.set_state(state)
+
+    def close(self) -> None:
+        """Stop worker processes / prefetch threads; the iterator is unusable afterwards."""
+        self.host_iterator.close()
+        # grain's iterators sit in reference cycles; collected at interpreter exit instead, their __del__
+        # prints tracebacks. Collect them now.
+        del self.host_iterator
+        gc.collect()
+
+
+def make_global_iterator(
+    config: ml_collections.ConfigDict, tokenizer: TokenizerLike, mesh: Mesh, *, seed: int,
+    batch_axes: Sequence[str] = BATCH_AXES,
+) -> GlobalBatchIterator:
+    """make_loader for this jax process, wrapped to yield global sharded batches."""
+    return GlobalBatchIterator(make_loader(config, tokenizer, seed=seed), mesh, batch_axes=batch_axes)
+
+
+def _grain_iterator(it: GlobalBatchIterator | grain.DatasetIterator) -> grain.DatasetIterator:
+    return it.host_iterator if isinstance(it, GlobalBatchIterator) else it
+
+
+def checkpoint_args(it: GlobalBatchIterator | grain.DatasetIterator) -> Any:
+    """orbax save args for the data iterator, e.g. ocp.args.Composite(..., data=checkpoint_args(it))."""
+    return grain.checkpoint.CheckpointSave(item=_grain_iterator(it))
+
+
+def restore_args(it: GlobalBatchIterator | grain.DatasetIterator) -> Any:
+    """orbax restore args: restoring sets `it`'s state in place (one JSON file per process)."""
+    return grain.checkpoint.CheckpointRestore(item=_grain_iterator(it))
