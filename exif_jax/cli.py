@@ -15,6 +15,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "make-splices": ("exif_jax.eval.splices", "cli_main",
                      "synthetic splice benchmark: host + donor photos from different cameras"),
     "localize": ("exif_jax.eval.localize", "cli_main", "zero-shot splice maps + detection scores of photos"),
+    "export": ("exif_jax.export.cli", "cli_main", "checkpoint -> transformers SiglipModel dir / timm .npz"),
+    "import-official": ("exif_jax.export.official", "cli_main",
+                        "the paper's released PyTorch weights -> an exif-jax checkpoint + config"),
 }
 
 

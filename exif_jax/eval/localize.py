@@ -1,0 +1,233 @@
+"""Zero-shot splice localization and detection: `exif-jax localize PHOTO... --checkpoint DIR -o OUT`.
+
+For each photo: embed every grid patch (patches.py), compare all patch pairs, spread the votes and find the
+consensus (consensus.py), then write OUT/<stem>.png (the map over the photo, with a colorbar), OUT/<stem>.npy
+(the raw [H, W] f32 map: high = inconsistent with most of the photo) and one JSON line of scores (stdout and
+OUT/scores.jsonl). `localize_image` is the reusable part: one decoded photo in, maps and scores out.
+A photo that cannot be read or holds fewer than two patches is reported by name and skipped; the exit code
+is then 1.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from exif_jax.eval import consensus as cons
+from exif_jax.eval.patches import NUM_PER_DIM, Grid, PatchEmbedder, embed_patches, make_grid
+
+MAX_CELLS = 4096  # the (cells x cells) vote table and mean shift are O(cells^2) memory, O(cells^3) time
+
+
+class PhotoError(ValueError):
+    """A photo that cannot be decoded."""
+
+
+@dataclasses.dataclass
+class Localization:
+    """One photo's result: `map` [H, W] f32 is the chosen consensus map (high = suspect)."""
+    map: np.ndarray
+    maps: dict[str, np.ndarray]  # meanshift, ncut [H, W]; ncut_labels [H, W] bool; pca [H, W, 3] in [0, 1]
+    scores: dict[str, float]     # score (= score_mean, the paper's), score_mean, score_ms, score_ncut
+    grid: Grid
+    consensus: str
+
+
+def load_for_inference(workdir_or_ckpt: str, step: int | None = None) -> tuple[Any, Any]:
+    """(model in eval mode, config) from a trainer workdir (WORKDIR/config.json + WORKDIR/ckpt) or its ckpt dir."""
+    import ml_collections
+
+    from exif_jax import checkpoint
+
+    p = Path(workdir_or_ckpt)
+    if (p / "config.json").is_file():
+        config_path, ckpt = p / "config.json", (p / "ckpt" if (p / "ckpt").is_dir() else p)
+    elif (p.parent / "config.json").is_file():
+        config_path, ckpt = p.parent / "config.json", p
+    else:
+        raise FileNotFoundError(f"{workdir_or_ckpt}: no config.json here or in the parent directory "
+                                "(`exif-jax train` writes WORKDIR/config.json and WORKDIR/ckpt)")
+    config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+    model, _ = checkpoint.load_model(config, str(ckpt), step)
+    model.eval()
+    return model, config
+
+
+def random_init_model(config: Any, vocab_size: int | None = None, seed: int = 0) -> Any:
+    """A DualTower with random weights filled in from numpy (no per-initializer dispatch or compile: fast for
+    big towers; for timing and tests only). Scales/variances 1, biases/means 0, kernels N(0, 1/fan_in)."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from exif_jax.models import towers
+    from exif_jax.tokenizer import Tokenizer
+
+    if vocab_size is None:
+        vocab_size = int(config.model.text.get("vocab_size", 0)) or Tokenizer(
+            config.tokenizer.model or None, max_len=config.tokenizer.max_len).vocab_size
+    abstract = nnx.eval_shape(lambda: towers.create_model(config, vocab_size, nnx.Rngs(0)))
+    graphdef, state = nnx.split(abstract)
+    rng = np.random.default_rng(seed)
+
+    def fill(path, x):
+        name = [str(k.key) for k in path if hasattr(k, "key")][-1]  # the last dict key (then .value)
+        if name in ("scale", "var"):
+            v = np.ones(x.shape)
+        elif name in ("bias", "mean") or x.ndim == 0:
+            v = np.zeros(x.shape)
+        else:
+            v = rng.normal(0, 1 / np.sqrt(max(int(np.prod(x.shape[:-1])), 1)), x.shape)
+        return jnp.asarray(v, x.dtype)
+
+    return nnx.merge(graphdef, jax.tree_util.tree_map_with_path(fill, state))
+
+
+def read_photo(path: str) -> np.ndarray:
+    """uint8 [H, W, 3] RGB pixels as stored (no EXIF rotation: the sensor / JPEG grid is the evidence)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return np.asarray(im.convert("RGB"), np.uint8)
+    except FileNotFoundError:
+        raise PhotoError("no such file") from None
+    except Exception as e:  # PIL raises many types for a broken file
+        raise PhotoError(f"cannot decode as an image ({type(e).__name__}: {e})") from None
+
+
+def localize_image(image: np.ndarray, embedder: PatchEmbedder, *, consensus: str = "meanshift",
+                   stride: int | None = None, num_per_dim: int = NUM_PER_DIM, batch: int = 256,
+                   mesh: Any = None, window: float = 10.0, iters: int = 5) -> Localization:
+    """Maps and detection scores for one decoded photo uint8 [H, W, 3] under any PatchEmbedder."""
+    import jax
+
+    if consensus not in cons.CONSENSUS:
+        raise ValueError(f"consensus must be one of {cons.CONSENSUS}, got {consensus!r}")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must be [H, W, 3], got shape {image.shape}")
+    grid = make_grid(image.shape[0], image.shape[1], embedder.patch_size, stride, num_per_dim)
+    gh, gw = grid.cells
+    if gh * gw > MAX_CELLS:
+        raise ValueError(f"{gh}x{gw} cells at stride {grid.stride} exceed {MAX_CELLS}: use a larger stride")
+    emb = embed_patches(embedder, image, grid, batch=batch, mesh=mesh)
+    # The consensus is small next to the embedding: run it on one device, unsharded.
+    emb = jax.device_put(emb, jax.devices()[0])
+    out = cons.consensus(emb, grid, embedder.standardize, float(window), int(iters))
+    stack = np.stack([out["meanshift"], out["ncut"], out["ncut_labels"].astype(np.float32)], -1)
+    pix = np.asarray(cons.cells_to_pixels(stack, grid))
+    pca = np.asarray(cons.cells_to_pixels(out["pca"], grid))
+    lo, hi = np.percentile(pca, 0.5), np.percentile(pca, 99.5)  # the paper's display range
+    maps = dict(meanshift=pix[..., 0], ncut=pix[..., 1], ncut_labels=pix[..., 2] >= 0.5,
+                pca=np.clip((pca - lo) / max(hi - lo, 1e-12), 0, 1).astype(np.float32))
+    scores = {k: float(out[k]) for k in ("score_mean", "score_ms", "score_ncut")}
+    scores = {"score": scores["score_mean"], **scores}
+    return Localization(maps[consensus], maps, scores, grid, consensus)
+
+
+def save_outputs(image: np.ndarray, loc: Localization, out_dir: str, stem: str) -> tuple[str, str]:
+    """(png, npy): the map over the photo with a colorbar, and the raw [H, W] f32 map."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    npy = os.path.join(out_dir, f"{stem}.npy")
+    np.save(npy, loc.map.astype(np.float32))
+    h, w = loc.map.shape
+    fig, ax = plt.subplots(figsize=(7.0, 7.0 * h / w + 0.4), dpi=100)
+    ax.imshow(image)
+    im = ax.imshow(loc.map, cmap="jet", alpha=0.5)
+    ax.set_axis_off()
+    ax.set_title(f"{stem}: {loc.consensus}, score {loc.scores['score']:.3f}", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+    png = os.path.join(out_dir, f"{stem}.png")
+    fig.savefig(png, bbox_inches="tight")
+    plt.close(fig)
+    return png, npy
+
+
+def localize_files(paths: Sequence[str], embedder: PatchEmbedder, out_dir: str, *, consensus: str = "meanshift",
+                   stride: int | None = None, num_per_dim: int = NUM_PER_DIM, batch: int = 256) -> int:
+    """Localize each photo into out_dir (PNG, .npy, a scores.jsonl line); 1 if any photo failed, else 0."""
+    from tqdm import tqdm
+
+    os.makedirs(out_dir, exist_ok=True)
+    failed, stems = [], set()
+    with open(os.path.join(out_dir, "scores.jsonl"), "a") as jf:
+        for path in tqdm(paths, desc="localize", unit="photo", file=sys.stderr):
+            try:
+                image = read_photo(path)
+                loc = localize_image(image, embedder, consensus=consensus, stride=stride,
+                                     num_per_dim=num_per_dim, batch=batch)
+            except ValueError as e:  # PhotoError, PhotoTooSmall, too many cells
+                tqdm.write(f"exif-jax localize: {path}: {e}", file=sys.stderr)
+                failed.append(path)
+                continue
+            stem, k = Path(path).stem, 1
+            while stem in stems:  # same name from two folders
+                k += 1
+                stem = f"{Path(path).stem}_{k}"
+            stems.add(stem)
+            png, npy = save_outputs(image, loc, out_dir, stem)
+            g = loc.grid
+            line = json.dumps(dict(photo=str(path), embedder=embedder.name, consensus=consensus,
+                                   height=g.height, width=g.width, patch=g.patch, stride=g.stride,
+                                   patches=g.n, **loc.scores, png=png, npy=npy))
+            tqdm.write(line)
+            jf.write(line + "\n")
+            jf.flush()
+    if failed:
+        print(f"exif-jax localize: {len(failed)} of {len(paths)} photos failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def run(photos: Sequence[str], out_dir: str, *, checkpoint: str | None = None, baseline: str | None = None,
+        patch: int = 128, step: int | None = None, **kwargs: Any) -> int:
+    """Build the embedder (a trained checkpoint, or a baseline at patch size `patch`) and localize the photos."""
+    from exif_jax.eval import baselines
+    from exif_jax.eval.patches import model_embedder, replicate
+
+    if baseline == "noise":
+        embedder = baselines.noise_embedder(patch)
+    elif baseline == "random":
+        embedder = baselines.random_embedder(patch)
+    elif baseline is None and checkpoint:
+        model, config = load_for_inference(checkpoint, step)
+        embedder = model_embedder(model, int(config.data.crop_size), name=f"model:{checkpoint}")
+    else:
+        raise ValueError("give --checkpoint DIR or --baseline noise|random")
+    return localize_files(photos, replicate(embedder), out_dir, **kwargs)
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    """Flags of `exif-jax localize`."""
+    parser.add_argument("photos", nargs="+", help="photos to localize")
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="trainer workdir (config.json + ckpt/) or its ckpt directory")
+    src.add_argument("--baseline", choices=("noise", "random"), help="a non-learned embedder instead")
+    parser.add_argument("--step", type=int, help="checkpoint step (default: newest)")
+    parser.add_argument("--patch", type=int, default=128, help="patch size of a --baseline (default 128)")
+    parser.add_argument("-o", "--out", required=True, help="output directory")
+    parser.add_argument("--consensus", choices=cons.CONSENSUS, default="meanshift")
+    parser.add_argument("--stride", type=int, help="patch stride in px (default: (max(H,W) - p) // 30)")
+    parser.add_argument("--num-per-dim", type=int, default=NUM_PER_DIM, help="patches along the long side")
+    parser.add_argument("--batch", type=int, default=256, help="patches per device batch (all devices)")
+
+
+def cli_main(args: argparse.Namespace) -> int:
+    """Run `run` with the parsed flags."""
+    try:
+        return run(args.photos, args.out, checkpoint=args.checkpoint, baseline=args.baseline, patch=args.patch,
+                   step=args.step, consensus=args.consensus, stride=args.stride, num_per_dim=args.num_per_dim,
+                   batch=args.batch)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"exif-jax localize: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,147 @@
+"""Zero-shot localization end to end: patch embedding (sharded), the hand-made two-camera photo, loading a
+trainer-layout checkpoint, and `exif-jax localize` on bundled photos with bad inputs mixed in."""
+import importlib.util
+import io
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from exif_jax import cli
+from exif_jax.eval import baselines, localize
+from exif_jax.eval.patches import default_mesh, embed_patches, make_grid, model_embedder
+
+ROOT = Path(__file__).resolve().parents[1]
+PHOTOS = sorted((ROOT / "exif_jax" / "assets" / "photos").glob("*.jpg"))
+
+
+def _camera(base: np.ndarray, sigma: float, quality: int, rng: np.random.Generator) -> np.ndarray:
+    """The same scene through a 'camera': its own sensor noise level and JPEG quality."""
+    noisy = np.clip(base + rng.normal(0, sigma, base.shape), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(noisy).save(buf, "JPEG", quality=quality)
+    return np.asarray(Image.open(buf).convert("RGB"))
+
+
+def _scene(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    small = rng.uniform(30, 220, (h // 16, w // 16, 3)).astype(np.uint8)
+    return np.asarray(Image.fromarray(small).resize((w, h), Image.BICUBIC), np.float32)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max((a | b).sum(), 1))
+
+
+def test_two_camera_photo_is_split_by_a_hand_made_embedding():
+    rng = np.random.default_rng(0)
+    h, w = 128, 256
+    base = _scene(h, w, rng)
+    cam_a, cam_b = _camera(base, 2.0, 92, rng), _camera(base, 6.0, 60, rng)
+    spliced = (np.arange(w) >= 160)[None, :].repeat(h, 0)  # the right 3/8 from the other camera
+    photo = np.where(spliced[..., None], cam_b, cam_a)
+    emb = baselines.noise_embedder(32)
+    ms = localize.localize_image(photo, emb, stride=8)
+    nc = localize.localize_image(photo, emb, stride=8, consensus="ncut")
+    m = ms.map
+    assert m.shape == (h, w) and ms.grid.spread == 4
+    assert _iou(m > (m.min() + m.max()) / 2, spliced) > 0.8
+    assert _iou(nc.maps["ncut_labels"], spliced) > 0.8
+    np.testing.assert_array_equal(nc.maps["meanshift"], m)  # one consensus pass gives every map
+    assert nc.maps["pca"].shape == (h, w, 3) and 0 <= nc.maps["pca"].min() and nc.maps["pca"].max() <= 1
+    chance = localize.localize_image(photo, baselines.random_embedder(32), stride=8).maps["ncut_labels"]
+    assert _iou(chance, spliced) < 0.5  # the split comes from the features, not from the machinery
+    clean = localize.localize_image(cam_a, emb, stride=8)
+    assert ms.scores["score_ncut"] > clean.scores["score_ncut"]
+    assert ms.scores["score_ms"] > clean.scores["score_ms"]
+
+
+def test_sharded_batches_embed_the_right_crops():
+    photo = np.asarray(Image.open(PHOTOS[0]).convert("RGB"))[:96, :150]
+    g = make_grid(*photo.shape[:2], 32, stride=11)  # 7 x 11 = 77 patches: padded batches
+    crops = np.stack([photo[t:t + 32, l:l + 32] for t, l in g.starts()])
+    emb = baselines.noise_embedder(32)
+    want = np.asarray(baselines.noise_features(crops))
+    assert len(jax.devices()) == 8, "run with XLA_FLAGS=--xla_force_host_platform_device_count=8"
+    for mesh, batch in ((default_mesh(), 24), (default_mesh(jax.devices()[:1]), 50)):
+        got = np.asarray(embed_patches(emb, photo, g, batch=batch, mesh=mesh))
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def _tiny_config():
+    spec = importlib.util.spec_from_file_location("tiny_cfg", ROOT / "configs" / "tiny.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config()
+
+
+def _embed_ref(model, x):
+    from flax import nnx
+
+    return np.asarray(nnx.jit(lambda m, x: m.embed_image(x))(model, x))
+
+
+@pytest.fixture(scope="module")
+def tiny_workdir(tmp_path_factory):
+    """A workdir laid out as `exif-jax train` leaves it (config.json, ckpt/<step>/model), random weights."""
+    import orbax.checkpoint as ocp
+    from flax import nnx
+
+    from exif_jax import checkpoint
+
+    config = _tiny_config()
+    wd = tmp_path_factory.mktemp("tiny_run")
+    (wd / "config.json").write_text(config.to_json(indent=2))
+    model = localize.random_init_model(config, seed=1)
+    _, params, rest = nnx.split(model, nnx.Param, ...)
+    mngr = checkpoint.make_manager(str(wd / "ckpt"), keep=1, async_save=False)
+    mngr.save(3, args=ocp.args.Composite(model=ocp.args.StandardSave({"params": params, "rest": rest})))
+    mngr.wait_until_finished()
+    mngr.close()
+    return wd, model
+
+
+def test_load_for_inference(tiny_workdir):
+    wd, model = tiny_workdir
+    loaded, config = localize.load_for_inference(str(wd))
+    assert config.data.crop_size == 32
+    x = np.asarray(Image.open(PHOTOS[1]).convert("RGB"))[None, :32, :32]
+    np.testing.assert_allclose(_embed_ref(loaded, x), _embed_ref(model, x), atol=1e-6)
+    loaded2, _ = localize.load_for_inference(str(wd / "ckpt"))  # the ckpt dir works too
+    assert isinstance(loaded2, type(loaded))
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        localize.load_for_inference(str(wd.parent))
+    # The model embedder crops and batches like the numpy reference (bf16 compute: loose tolerance).
+    photo = np.asarray(Image.open(PHOTOS[1]).convert("RGB"))[:80, :120]
+    g = make_grid(80, 120, 32, stride=16)
+    got = np.asarray(embed_patches(model_embedder(loaded, 32), photo, g, batch=8))
+    crops = np.stack([photo[t:t + 32, l:l + 32] for t, l in g.starts()])
+    np.testing.assert_allclose(got, _embed_ref(loaded, crops), atol=2e-2)
+
+
+def test_cli_localize_with_bad_files(tiny_workdir, tmp_path, capsys):
+    wd, _ = tiny_workdir
+    small = tmp_path / "small.png"
+    Image.fromarray(np.zeros((20, 40, 3), np.uint8)).save(small)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    out = tmp_path / "out"
+    rc = cli.main(["localize", str(small), str(PHOTOS[0]), str(broken), str(PHOTOS[2]),
+                   "--checkpoint", str(wd), "-o", str(out), "--stride", "24"])
+    captured = capsys.readouterr()
+    assert rc == 1
+    assert f"{small}: 40x20 px is smaller than one 32x32 patch" in captured.err
+    assert f"{broken}: cannot decode as an image" in captured.err
+    assert "2 of 4 photos failed" in captured.err
+    lines = (out / "scores.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and [json.loads(x) for x in captured.out.splitlines()] == [json.loads(x) for x in lines]
+    for photo, line in zip((PHOTOS[0], PHOTOS[2]), lines):
+        rec = json.loads(line)
+        assert rec["photo"] == str(photo) and rec["consensus"] == "meanshift" and rec["stride"] == 24
+        assert np.isfinite([rec["score"], rec["score_ms"], rec["score_ncut"]]).all()
+        assert Image.open(out / f"{photo.stem}.png").size[0] > 100
+        m = np.load(out / f"{photo.stem}.npy")
+        assert m.shape == (rec["height"], rec["width"]) == (384, 512) and m.dtype == np.float32
+        assert np.isfinite(m).all()
