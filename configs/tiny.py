@@ -88,6 +88,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.train = ml_collections.ConfigDict(dict(
         steps=10, log_every=1, ckpt_every=5, keep=2, max_nan_skips=3))
     c.optim.end_lr = 0.0            # cosine decays to this at train.steps
+    c.optim.eps = 1e-8              # Adam epsilon
     c.train.max_steps_per_run = 0   # >0: leave (with a checkpoint) after this many steps of this run
                                     # (time-limited jobs); the schedule still spans train.steps
 

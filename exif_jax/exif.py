@@ -157,9 +157,45 @@ def select_tags(tags: Mapping[str, str], tag_order: Sequence[str] | None = DEFAU
     return out
 
 
-# Value refinements by text style. "official" (the paper code's refine_value) arrives with issue #8.
+def official_value(name: str, value: str) -> str:
+    """A value as the paper's code refines it (hellomuffin/exif-as-language dataProcess/yfcc_dataInfo.py)."""
+    # Its rules, in its order (the first that applies; any exception makes the value "Unknown"):
+    #   "... Resolution", Exposure Bias Value: the first word a/b -> a // b (Python floor division; kept
+    #       as is when it is not two integers), the rest kept: "72 dots per inch", "-1/3 EV" -> "-1 EV"
+    #   Focal Length: the first word as "%.1f": "5.4 mm"; ISO Speed Ratings: the first word: "100"
+    #   anything else: over 20 characters -> "Unknown", else every character outside [a-zA-Z0-9.,/-]
+    #       dropped, spaces included: "Canon EOS 20D" -> "CanonEOS20D", "1/250 sec" -> "1/250sec"
+    try:
+        if name.endswith("Resolution") or name == "Exposure Bias Value":
+            words = value.split()
+            parts = words[0].split("/")
+            try:
+                if len(parts) > 1:
+                    words[0] = str(int(parts[0]) // int(parts[1]))
+            except Exception:
+                words[0] = parts[0]
+            return " ".join(words)
+        if name == "Focal Length":
+            words = value.split()
+            words[0] = "{:.1f}".format(float(words[0]))
+            return " ".join(words)
+        if name == "ISO Speed Ratings":
+            return value.split()[0]
+        if len(value) > 20:
+            return "Unknown"
+        return re.sub(r"[^a-zA-Z0-9.,/-]", "", value)
+    except Exception:
+        return "Unknown"
+
+
+# Value refinements by text style; both join `Tag: value` pairs with ", " in the config's tag order.
+#   metadata_extractor  the description as metadata-extractor writes it (spaces, units, long values kept)
+#   official            the paper code's refine_value (official_value above); what its DistilBERT read.
+#                       One difference: a value refined to "" is dropped here, where the paper's text
+#                       keeps "Tag: " (select_tags drops empty values for every style).
 STYLES: dict[str, Callable[[str, str], str]] = {
     "metadata_extractor": lambda name, value: value,
+    "official": official_value,
 }
 
 

@@ -18,3 +18,30 @@ def bundled_records(tmp_path_factory) -> str:
     rc = cli.main(["build-data", "--images", str(BUNDLED_PHOTOS), "--out", str(out), "--workers", "1", "--quiet"])
     assert rc == 0, "build-data failed on the bundled photos"
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_workdir(tmp_path_factory):
+    """(workdir, model): laid out as `exif-jax train` leaves it (config.json, ckpt/<step>/model) from
+    configs/tiny.py with random weights (a real 10-step run takes ~1 min on 2 shared cores)."""
+    import importlib.util
+
+    import orbax.checkpoint as ocp
+    from flax import nnx
+
+    from exif_jax import checkpoint
+    from exif_jax.eval import localize
+
+    spec = importlib.util.spec_from_file_location("tiny_cfg", REPO / "configs" / "tiny.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    config = mod.get_config()
+    wd = tmp_path_factory.mktemp("tiny_run")
+    (wd / "config.json").write_text(config.to_json(indent=2))
+    model = localize.random_init_model(config, seed=1)
+    _, params, rest = nnx.split(model, nnx.Param, ...)
+    mngr = checkpoint.make_manager(str(wd / "ckpt"), keep=1, async_save=False)
+    mngr.save(3, args=ocp.args.Composite(model=ocp.args.StandardSave({"params": params, "rest": rest})))
+    mngr.wait_until_finished()
+    mngr.close()
+    return wd, model

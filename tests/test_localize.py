@@ -1,6 +1,5 @@
 """Zero-shot localization end to end: patch embedding (sharded), the hand-made two-camera photo, loading a
 trainer-layout checkpoint, and `exif-jax localize` on bundled photos with bad inputs mixed in."""
-import importlib.util
 import io
 import json
 from pathlib import Path
@@ -70,37 +69,10 @@ def test_sharded_batches_embed_the_right_crops():
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
-def _tiny_config():
-    spec = importlib.util.spec_from_file_location("tiny_cfg", ROOT / "configs" / "tiny.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config()
-
-
 def _embed_ref(model, x):
     from flax import nnx
 
     return np.asarray(nnx.jit(lambda m, x: m.embed_image(x))(model, x))
-
-
-@pytest.fixture(scope="module")
-def tiny_workdir(tmp_path_factory):
-    """A workdir laid out as `exif-jax train` leaves it (config.json, ckpt/<step>/model), random weights."""
-    import orbax.checkpoint as ocp
-    from flax import nnx
-
-    from exif_jax import checkpoint
-
-    config = _tiny_config()
-    wd = tmp_path_factory.mktemp("tiny_run")
-    (wd / "config.json").write_text(config.to_json(indent=2))
-    model = localize.random_init_model(config, seed=1)
-    _, params, rest = nnx.split(model, nnx.Param, ...)
-    mngr = checkpoint.make_manager(str(wd / "ckpt"), keep=1, async_save=False)
-    mngr.save(3, args=ocp.args.Composite(model=ocp.args.StandardSave({"params": params, "rest": rest})))
-    mngr.wait_until_finished()
-    mngr.close()
-    return wd, model
 
 
 def test_load_for_inference(tiny_workdir):

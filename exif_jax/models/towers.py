@@ -1,4 +1,4 @@
-"""The two towers (image: ViT or ResNet; text: transformer) and the logit scale/bias, built from config.model.
+"""The two towers (image: ViT or ResNet; text: transformer or DistilBERT) and the logit scale/bias, from config.model.
 
 Top-level parameter paths: image/..., text/..., t (log of the logit scale, big_vision's `t`, SiglipModel's
 `logit_scale`), b (logit bias, big_vision's `b`, SiglipModel's `logit_bias`; sigmoid loss only).
@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from exif_jax.models import resnet, text, vit
+from exif_jax.models import distilbert, resnet, text, vit
 
 
 def _dtype(name: str):
@@ -64,10 +64,16 @@ def _image_tower(m: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
     raise ValueError(f"model.image.kind must be 'vit' or 'resnet', got {img.kind!r}")
 
 
-def _text_tower(m: ml_collections.ConfigDict, vocab_size: int, rngs: nnx.Rngs) -> text.TextTransformer:
+def _text_tower(m: ml_collections.ConfigDict, vocab_size: int, rngs: nnx.Rngs) -> nnx.Module:
     t = m.text
+    if t.get("kind", "transformer") == "distilbert":  # the paper's tower (models/distilbert.py)
+        return distilbert.DistilBert(
+            vocab_size=vocab_size, max_len=int(t.max_len), width=t.width, depth=t.depth, heads=t.heads,
+            mlp_dim=t.mlp_dim, pad_id=t.get("pad_id", 0), num_classes=_head_classes(t, t.width, m.embed_dim, "text"),
+            head_bias=t.get("head_bias", True), dtype=_dtype(m.dtype), param_dtype=_dtype(m.param_dtype),
+            remat=t.get("remat", False), rngs=rngs)
     if t.get("kind", "transformer") != "transformer":
-        raise ValueError(f"model.text.kind must be 'transformer', got {t.kind!r}")
+        raise ValueError(f"model.text.kind must be 'transformer' or 'distilbert', got {t.kind!r}")
     return text.TextTransformer(
         vocab_size=vocab_size, max_len=int(t.max_len), width=t.width, depth=t.depth, heads=t.heads,
         mlp_dim=t.mlp_dim, pool=t.get("pool", "mean"), pad_id=t.get("pad_id", 0), eos_id=t.get("eos_id", 1),
@@ -130,6 +136,19 @@ def create_model(config: ml_collections.ConfigDict, vocab_size: int, rngs: nnx.R
         raise ValueError(f"model.text.vocab_size={cfg_vocab} is smaller than the tokenizer's {vocab_size}")
     return DualTower(config.model, cfg_vocab or vocab_size, rngs=rngs,
                      logit_bias=config.loss.get("kind", "infonce") == "sigmoid")
+
+
+def make_tokenizer(config: ml_collections.ConfigDict):
+    """The text tokenizer the config names: tokenizer.kind "sentencepiece" (default) or "wordpiece" (DistilBERT)."""
+    tok = config.tokenizer
+    kind = tok.get("kind", "sentencepiece")
+    if kind == "wordpiece":
+        from exif_jax.wordpiece import WordPiece
+        return WordPiece(tok.model, max_len=int(tok.max_len), lowercase=bool(tok.get("lowercase", True)))
+    if kind != "sentencepiece":
+        raise ValueError(f"tokenizer.kind must be 'sentencepiece' or 'wordpiece', got {kind!r}")
+    from exif_jax.tokenizer import Tokenizer
+    return Tokenizer(tok.model or None, max_len=int(tok.max_len))
 
 
 def flops_per_example(config: ml_collections.ConfigDict) -> float:

@@ -1,0 +1,80 @@
+"""The paper's released model (hellomuffin/exif-as-language): what `exif-jax import-official` writes as config.json.
+
+ResNet-50 image tower (torchvision layout, fc 2048 -> 768, CLIP's pixel mean/std, 124-px native crops), the
+DistilBERT (distilbert-base-uncased) text tower averaged over its tokens, both used as they are (768-d, no
+projection) and L2-normalized for the loss; fixed logit scale exp(CLIP's logit_scale) (= 100); EXIF text in
+the paper code's "official" style, WordPiece ids from distilbert-base-uncased's vocab.txt.
+
+The importer fills in from the checkpoint and the vocab: model.temperature_init (exp of the file's
+model.logit_scale), model.text.vocab_size, model.text.pad_id and tokenizer.model (the copied vocab.txt).
+Everything not about the model (data, optimizer, loop, mesh) is configs/tiny.py's; set those to fine-tune.
+
+Run:
+  exif-jax import-official --weights wrapper.pth --vocab vocab.txt --out runs/official
+  exif-jax localize photo.jpg --checkpoint runs/official -o out/
+"""
+import importlib.util
+import os
+
+import ml_collections
+
+# Tag order of the paper's text: a YFCC100M line lists tags as metadata-extractor read them, IFD0 then the
+# Exif SubIFD, each by tag id (file order), and data.py joins them in that order. Which tags the paper kept
+# (those in >= 49% of its photos, dataProcess/all_exif_count.json) is not published; these are
+# exif.DEFAULT_TAGS in that order.
+OFFICIAL_TAGS = (
+    # IFD0
+    "Make", "Model", "X Resolution", "Y Resolution", "Resolution Unit", "YCbCr Positioning",
+    # Exif SubIFD
+    "Exposure Time", "F-Number", "Exposure Program", "ISO Speed Ratings", "Exif Version",
+    "Components Configuration", "Compressed Bits Per Pixel", "Shutter Speed Value", "Aperture Value",
+    "Exposure Bias Value", "Max Aperture Value", "Metering Mode", "Flash", "Focal Length", "FlashPix Version",
+    "Color Space", "Sensing Method", "Custom Rendered", "Exposure Mode", "White Balance Mode",
+    "Digital Zoom Ratio", "Focal Length 35", "Scene Capture Type", "Gain Control", "Contrast", "Saturation",
+    "Sharpness",
+)
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # data.py / exif_sc.py: Normalize(mean, std) after ToTensor
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def _tiny() -> ml_collections.ConfigDict:
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny.py")
+    spec = importlib.util.spec_from_file_location("_exif_jax_tiny_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = _tiny()
+    c.exif.tags = OFFICIAL_TAGS
+    c.exif.style = "official"
+    c.exif.max_value_len = 40  # the official rules keep values under 20 characters, units aside
+
+    # distilbert-base-uncased's WordPiece; the trainer padded to 512 (`padding="max_length"`) and cut there.
+    c.tokenizer.kind = "wordpiece"
+    c.tokenizer.model = ""  # vocab.txt path: set by the importer (a copy beside the checkpoint)
+    c.tokenizer.lowercase = True
+    c.tokenizer.max_len = 512
+
+    c.data.crop_size = 124  # splice_evaluator.py --patch_size 124 (train.py's own default says 224)
+
+    m = c.model
+    m.embed_dim = 768
+    m.image = ml_collections.ConfigDict(dict(
+        kind="resnet", variant="50", width=64, depth=0, heads=0, mlp_dim=0, patch=0, pool="avg",
+        size=124, mean=CLIP_MEAN, std=CLIP_STD, head="linear", head_bias=True,  # fc: Linear(2048, 768)
+        bn_frozen=False, remat=False))
+    m.image.size = c.data.get_ref("crop_size")
+    m.text = ml_collections.ConfigDict(dict(
+        kind="distilbert", width=768, depth=6, heads=12, mlp_dim=3072,
+        vocab_size=30522, max_len=512, pad_id=0, eos_id=102,  # [PAD], [SEP] in distilbert-base-uncased
+        pool="mean", mask_pad=True, causal=False, head="none", head_bias=True, remat=False))
+    m.text.max_len = c.tokenizer.get_ref("max_len")
+    m.learn_temperature = False
+    m.temperature_init = 100.0           # exp(CLIP's trained logit_scale); the importer reads the file's
+    m.temperature_max = 100.0
+    m.dtype = "float32"                  # the released towers ran in f32 (CLIP's fp16 cast preceded them)
+    m.param_dtype = "float32"
+    return c

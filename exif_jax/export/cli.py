@@ -1,0 +1,97 @@
+"""`exif-jax export`: a training workdir's checkpoint -> transformers SiglipModel and/or a timm .npz.
+
+  exif-jax export --checkpoint WORKDIR --out DIR --format hf|timm|all [--step N]
+
+WORKDIR is what `exif-jax train` wrote: WORKDIR/config.json and the orbax checkpoints in WORKDIR/ckpt.
+Every format writes into DIR; nothing is pickled (safetensors, tokenizer JSON, an .npz of plain arrays).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any
+
+import ml_collections
+
+FORMATS = ("hf", "timm", "all")
+
+
+def read_workdir(checkpoint: str) -> tuple[ml_collections.ConfigDict, str]:
+    """(config, orbax directory) of a training workdir (or of its ckpt/ folder)."""
+    checkpoint = os.path.abspath(checkpoint)
+    for cfg_dir, ckpt_dir in ((checkpoint, os.path.join(checkpoint, "ckpt")),
+                              (os.path.dirname(checkpoint), checkpoint)):
+        path = os.path.join(cfg_dir, "config.json")
+        if os.path.isfile(path) and os.path.isdir(ckpt_dir):
+            with open(path) as f:
+                return ml_collections.ConfigDict(json.load(f)), ckpt_dir
+    raise FileNotFoundError(f"{checkpoint}: not a training workdir (expected config.json and a ckpt/ folder "
+                            "written by `exif-jax train`)")
+
+
+def tokenizer_path(config: ml_collections.ConfigDict) -> str:
+    """The sentencepiece model the run trained with (the bundled one when config.tokenizer.model is empty)."""
+    from exif_jax.tokenizer import BUNDLED_MODEL
+
+    path = config.tokenizer.get("model", "") or str(BUNDLED_MODEL)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"tokenizer model {path} (config.tokenizer.model) not found")
+    return path
+
+
+def export(checkpoint: str, out_dir: str, fmt: str = "all", *, step: int | None = None) -> dict[str, Any]:
+    """Export a workdir's checkpoint (newest, or `step`) in `fmt`; returns what was written."""
+    from exif_jax import checkpoint as ckpt
+    from exif_jax.export import hf, timm
+    from exif_jax.tokenizer import Tokenizer
+
+    if fmt not in FORMATS:
+        raise ValueError(f"--format must be one of {FORMATS}, got {fmt!r}")
+    config, ckpt_dir = read_workdir(checkpoint)
+    if fmt in ("hf", "all"):  # fail before the restore
+        hf.check_siglip_exportable(config)
+    if fmt in ("timm", "all"):
+        timm.timm_spec(config)
+    tok_path = tokenizer_path(config)
+    config.model.dtype = "float32"  # parameters are exported as stored; compute dtype is irrelevant here
+    vocab = int(config.model.text.get("vocab_size", 0) or 0) or Tokenizer(tok_path).vocab_size
+    model, got_step = ckpt.load_model(config, ckpt_dir, step, vocab_size=vocab)
+    result: dict[str, Any] = {"step": got_step, "out": os.path.abspath(out_dir)}
+    if fmt in ("hf", "all"):
+        result["hf"] = hf.export_hf(model, config, out_dir, tokenizer_model=tok_path)
+    if fmt in ("timm", "all"):
+        result["timm"] = timm.export_timm(model, config, out_dir)
+    return result
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    """Flags of `exif-jax export`."""
+    parser.add_argument("--checkpoint", required=True, help="training workdir (config.json + ckpt/)")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--format", choices=FORMATS, default="all",
+                        help="hf: transformers SiglipModel dir; timm: big_vision .npz of the ViT; all: both")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
+
+
+def cli_main(args: argparse.Namespace) -> int:
+    """Run `exif-jax export`."""
+    import sys
+
+    from exif_jax.export.hf import NotExportable
+
+    try:
+        result = export(args.checkpoint, args.out, args.format, step=args.step)
+    except (NotExportable, FileNotFoundError) as e:
+        print(f"exif-jax export: {e}", file=sys.stderr)
+        return 2
+    print(f"exported step {result['step']} to {result['out']}")
+    if "hf" in result:
+        print(f"transformers: SiglipModel.from_pretrained({result['out']!r}), "
+              f"AutoTokenizer / SiglipProcessor from the same dir; crops {result['hf']['crop_size']}px "
+              "at native resolution (no resizing), texts padded to max_length")
+    if "timm" in result:
+        t = result["timm"]
+        print(f"timm: {t['model_name'] or 'VisionTransformer'} <- {t['npz']}")
+        print(t["usage"])
+    return 0

@@ -1,0 +1,143 @@
+"""The ViT image tower as a big_vision-layout .npz that timm's `VisionTransformer.load_pretrained` reads.
+
+The file holds big_vision's SigLIP parameter tree flattened with '/': `params/img/...` (the image tower,
+exactly the names timm's `_load_weights` reads for big_vision checkpoints), plus `params/txt/...`, `params/t`
+and `params/b` for completeness (timm ignores them). Plain float32 arrays: `np.load(allow_pickle=False)`.
+
+Which timm model reproduces our image tower (computation as in vit.py):
+  pool="map"  VisionTransformer(class_token=False, global_pool='map')                  (SigLIP)
+  pool="avg"  VisionTransformer(class_token=False, global_pool='avg', fc_norm=False)   (norm before the pool)
+  pool="cls"  VisionTransformer(class_token=True, no_embed_class=True, global_pool='token')
+always with act_layer='gelu_tanh' (timm's SigLIP entries default to exact GELU; ours is the tanh form),
+qkv_bias=True, LayerNorm eps 1e-6 (timm's default) and num_classes = embed_dim when model.image.head='linear'
+(else 0). timm takes float input: normalize uint8 crops with the exported mean/std first.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+NPZ_NAME = "vit_big_vision.npz"
+TIMM_JSON = "timm_config.json"
+# Registered timm SigLIP names per (variant, patch): their default resolution is overridden with img_size.
+_TIMM_SIGLIP = {("B", 16): ("base", 224), ("B", 32): ("base", 256), ("L", 16): ("large", 256),
+                ("So400m", 14): ("so400m", 224), ("So400m", 16): ("so400m", 256)}
+
+
+def flat_params(model: Any) -> dict[str, np.ndarray]:
+    """Every nnx.Param of the model as float32 NumPy, keyed by its '/'-joined path (e.g. 'image/pos_embedding')."""
+    from flax import nnx
+
+    out = {}
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        out["/".join(str(p) for p in path)] = np.asarray(var[...], dtype=np.float32)
+    return out
+
+
+def log_logit_scale(model: Any) -> float:
+    """log of the scale the model multiplies cosines by (exp(t) clipped at temperature_max, or the fixed one)."""
+    return float(math.log(float(model.logit_scale())))
+
+
+def big_vision_tree(model: Any) -> dict[str, np.ndarray]:
+    """big_vision SigLIP names: params/img/..., params/txt/..., params/t (the clip folded in), params/b."""
+    flat = flat_params(model)
+    out = {}
+    for key, value in flat.items():
+        tower, _, rest = key.partition("/")
+        if tower == "image":
+            out[f"params/img/{rest}"] = value
+        elif tower == "text":
+            out[f"params/txt/{rest}"] = value
+    out["params/t"] = np.asarray([log_logit_scale(model)], np.float32)
+    bias = model.logit_bias()
+    out["params/b"] = np.asarray([0.0 if bias is None else float(bias)], np.float32)
+    return out
+
+
+def _named_variant(img: ml_collections.ConfigDict) -> str | None:
+    from exif_jax.models import towers, vit
+
+    sizes = towers.vit_sizes(img)
+    for name, (width, depth, heads, mlp_dim) in vit.VARIANTS.items():
+        if (width, depth, heads, mlp_dim) == (sizes["width"], sizes["depth"], sizes["heads"], sizes["mlp_dim"]):
+            return name
+    return None
+
+
+def mlp_ratio_for(width: int, mlp_dim: int) -> float:
+    """A ratio r with int(width * r) == mlp_dim (timm builds the MLP hidden size that way)."""
+    r = mlp_dim / width
+    if int(width * r) != mlp_dim:  # float rounding below the integer, e.g. So400m's 4304 / 1152
+        r = (mlp_dim + 0.5) / width
+    return r
+
+
+def timm_spec(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """{"kwargs": VisionTransformer kwargs, "model_name": a registered timm name or None, "mean", "std"}."""
+    from exif_jax.models import towers
+
+    m = config.model
+    img = m.image
+    if img.kind != "vit":
+        raise ValueError(f"--format timm exports a ViT image tower; model.image.kind={img.kind!r} "
+                         "(a ResNet tower has no timm export here)")
+    pool = img.get("pool", "avg")
+    s = towers.vit_sizes(img)
+    head = img.get("head", "linear")
+    kwargs: dict[str, Any] = dict(
+        img_size=int(img.size), patch_size=int(s["patch"]), embed_dim=int(s["width"]), depth=int(s["depth"]),
+        num_heads=int(s["heads"]), mlp_ratio=mlp_ratio_for(int(s["width"]), int(s["mlp_dim"])), qkv_bias=True,
+        act_layer="gelu_tanh", num_classes=int(m.embed_dim) if head == "linear" else 0)
+    if pool == "map":
+        kwargs.update(class_token=False, global_pool="map")
+    elif pool == "avg":
+        kwargs.update(class_token=False, global_pool="avg", fc_norm=False)
+    elif pool == "cls":
+        kwargs.update(class_token=True, no_embed_class=True, global_pool="token")
+    else:
+        raise ValueError(f"model.image.pool={pool!r} has no timm equivalent")
+    name = None
+    variant = _named_variant(img)
+    if variant and (variant, kwargs["patch_size"]) in _TIMM_SIGLIP and pool in ("map", "avg"):
+        size_name, res = _TIMM_SIGLIP[(variant, kwargs["patch_size"])]
+        name = f"vit_{size_name}_patch{kwargs['patch_size']}_siglip{'_gap' if pool == 'avg' else ''}_{res}"
+    return {"model_name": name, "kwargs": kwargs,
+            "mean": [float(v) for v in img.get("mean", (0.5,) * 3)],
+            "std": [float(v) for v in img.get("std", (0.5,) * 3)]}
+
+
+def usage(spec: dict[str, Any], npz_path: str) -> str:
+    """The Python lines that build the timm model and load the .npz."""
+    kw = ", ".join(f"{k}={v!r}" for k, v in spec["kwargs"].items())
+    lines = ["import timm", "from timm.models.vision_transformer import VisionTransformer",
+             f"model = VisionTransformer({kw})"]
+    if spec["model_name"]:
+        over = {k: v for k, v in spec["kwargs"].items()
+                if k in ("img_size", "mlp_ratio", "act_layer", "num_classes")}
+        lines.append(f"# or: timm.create_model({spec['model_name']!r}, pretrained=False, "
+                     + ", ".join(f"{k}={v!r}" for k, v in over.items()) + ")")
+    lines.append(f"model.load_pretrained({npz_path!r})  # or timm.models.load_checkpoint(model, path)")
+    lines.append(f"# input: float NCHW, (uint8 / 255 - mean) / std with mean={spec['mean']} std={spec['std']}")
+    return "\n".join(lines)
+
+
+def export_timm(model: Any, config: ml_collections.ConfigDict, out_dir: str) -> dict[str, Any]:
+    """Write OUT/vit_big_vision.npz and OUT/timm_config.json; returns the spec plus the npz path."""
+    spec = timm_spec(config)
+    tree = big_vision_tree(model)
+    if spec["kwargs"]["num_classes"] and "params/img/head/bias" not in tree:
+        # timm loads the head only when head/bias exists; a bias-free head is a zero bias.
+        tree["params/img/head/bias"] = np.zeros((spec["kwargs"]["num_classes"],), np.float32)
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, NPZ_NAME)
+    np.savez(path, **tree)
+    spec = dict(spec, npz=NPZ_NAME, prefix="params/img/")
+    with open(os.path.join(out_dir, TIMM_JSON), "w") as f:
+        json.dump(spec, f, indent=2)
+    return dict(spec, npz=path, usage=usage(spec, path))

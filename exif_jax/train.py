@@ -1,0 +1,457 @@
+"""The trainer: `exif-jax train --config configs/X.py --workdir DIR [--config.a.b=v ...]`.
+
+`main` reads top to bottom: config -> multi-host init -> mesh -> data -> model and optimizer -> train
+step -> checkpoints (resume) -> metrics -> the loop (preemption, NaN skips, logging, saving).
+
+Choices, so they are not rediscovered:
+- State is a plain dict {"params", "rest", "opt", "step", "nan_skips", "rng"} made by nnx.split + optax,
+  and the step is a plain `jax.jit` with in/out shardings from the partition rules and the state donated:
+  every array's layout is explicit at the boundary (nnx.jit would hide it behind graph updates).
+- Gradient accumulation is an explicit lax.scan over micro-batches inside the step (not optax.MultiSteps):
+  one optimizer update per call, so `step`, the schedule, checkpoints and the data position stay in
+  lock-step. Each micro-batch is spread over every device; the contrastive negatives come from the
+  micro-batch, as with any accumulation that does not cache embeddings.
+- A non-finite loss or gradient norm leaves params, optimizer state and BatchNorm statistics unchanged
+  (jnp.where inside the step); the count rides in the state and is checked when metrics reach the host.
+- Metrics stay on the device until a flush (every log_every steps, before a save, at the end), so the
+  host never waits on a step just to log it; every step still gets its row in metrics.jsonl.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib.util
+import os
+import re
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from exif_jax import checkpoint, metrics_writer, sharding
+from exif_jax.metrics_writer import log
+
+# Parameters that get weight decay: matrices and embedding tables. Not biases, norm scales, the
+# temperature, position embeddings, cls tokens or MAP probes.
+DECAY_RE = r"(^|/)(kernel|embedding)$"
+ENV_PREFIX = "EXIF_JAX_"
+
+
+class TrainingAborted(RuntimeError):
+    """Training stopped on purpose (too many non-finite steps); the message says why."""
+
+
+# ---------------------------------------------------------------------------------------------- config
+
+def load_config(path: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+    """`get_config()` of a Python config file, with "a.b=value" overrides applied."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such config file")
+    spec = importlib.util.spec_from_file_location(f"_exif_jax_config_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"{path}: a config file must define get_config()")
+    config = module.get_config()
+    apply_overrides(config, overrides)
+    return config
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:
+    """Set "a.b=value" in place; the value is parsed as the type of the existing one."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ValueError(f"--config.{item}: expected --config.KEY=VALUE")
+        *parents, leaf = key.split(".")
+        node = config
+        for i, p in enumerate(parents):
+            if p not in node or not isinstance(node[p], ml_collections.ConfigDict):
+                raise KeyError(f"--config.{key}: no section {'.'.join(parents[:i + 1])!r} in the config")
+            node = node[p]
+        if leaf not in node:
+            raise KeyError(f"--config.{key}: no such key (known here: {sorted(node.keys())})")
+        node[leaf] = _parse_like(node[leaf], raw, key)
+
+
+def _parse_like(old: Any, raw: str, key: str) -> Any:
+    try:
+        if isinstance(old, bool):
+            if raw.lower() in ("1", "true", "yes"):
+                return True
+            if raw.lower() in ("0", "false", "no"):
+                return False
+            raise ValueError("expected true/false")
+        if isinstance(old, int):
+            return int(raw)
+        if isinstance(old, float):
+            return float(raw)
+        if isinstance(old, str):
+            return raw
+        if isinstance(old, (tuple, list)):
+            if raw.strip() == "":
+                return ()
+            val = ast.literal_eval(raw if raw.strip()[0] in "([" else f"({raw},)")
+            return tuple(val) if isinstance(val, (tuple, list)) else (val,)
+        if isinstance(old, ml_collections.ConfigDict):
+            raise ValueError("is a section; set its keys one by one")
+        try:
+            return ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            return raw
+    except (ValueError, SyntaxError) as e:
+        raise ValueError(f"--config.{key}={raw}: cannot parse as {type(old).__name__}: {e}") from None
+
+
+# ------------------------------------------------------------------------------------------ multi-host
+
+def init_distributed(mode: str = "auto", coordinator: str | None = None, num_processes: int | None = None,
+                     process_id: int | None = None) -> None:
+    """jax.distributed.initialize from explicit arguments / EXIF_JAX_* env vars, or auto-detected (TPU, SLURM)."""
+    coordinator = coordinator or os.environ.get(ENV_PREFIX + "COORDINATOR")
+    num_processes = num_processes or _env_int("NUM_PROCESSES")
+    process_id = process_id if process_id is not None else _env_int("PROCESS_ID")
+    if mode == "off":
+        return
+    # CPU processes talk through gloo (the default CPU client has no cross-process collectives).
+    # The setting only concerns the CPU backend, so GPU and TPU runs are unaffected.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if coordinator:
+        if num_processes is None or process_id is None:
+            raise ValueError("--coordinator needs --num-processes and --process-id (or EXIF_JAX_NUM_PROCESSES "
+                             "and EXIF_JAX_PROCESS_ID)")
+        jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                                   process_id=process_id)
+    elif mode == "on" or _cluster_detected():
+        jax.distributed.initialize()  # jax reads the TPU metadata / SLURM variables itself
+
+
+def _env_int(name: str) -> int | None:
+    v = os.environ.get(ENV_PREFIX + name)
+    return int(v) if v not in (None, "") else None
+
+
+def _cluster_detected() -> bool:
+    slurm = int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in os.environ
+    tpu_pod = "," in os.environ.get("TPU_WORKER_HOSTNAMES", "") or "MEGASCALE_COORDINATOR_ADDRESS" in os.environ
+    return slurm or tpu_pod
+
+
+# ---------------------------------------------------------------------------------- model and optimizer
+
+def decay_mask(params: Any) -> Any:
+    """True for the parameters that get weight decay (see DECAY_RE)."""
+    return jax.tree_util.tree_map_with_path(
+        lambda p, x: bool(re.search(DECAY_RE, sharding.path_str(p))) and "pos_embedding" not in sharding.path_str(p),
+        params)
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """(global-norm clipping -> AdamW with decay mask, the lr schedule: linear warmup then cosine to 0)."""
+    o = config.optim
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, o.lr, max(int(o.warmup_steps), 1), max(int(config.train.steps), int(o.warmup_steps) + 1),
+        end_value=float(o.get("end_lr", 0.0)))
+    tx = optax.chain(
+        optax.clip_by_global_norm(o.clip_norm) if o.clip_norm else optax.identity(),
+        optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=float(o.get("eps", 1e-8)),
+                    weight_decay=o.weight_decay, mask=decay_mask))
+    return tx, schedule
+
+
+def make_init(config: ml_collections.ConfigDict, vocab_size: int, tx: optax.GradientTransformation):
+    """(graphdef, init) where init() -> the trainer's state dict (jit it with out_shardings)."""
+    from flax import nnx
+
+    from exif_jax.models import towers
+
+    graphdef = nnx.split(nnx.eval_shape(lambda: towers.create_model(config, vocab_size, nnx.Rngs(0))),
+                         nnx.Param, ...)[0]
+
+    def init() -> dict[str, Any]:
+        model = towers.create_model(config, vocab_size, nnx.Rngs(config.seed))
+        _, params, rest = nnx.split(model, nnx.Param, ...)
+        return {"params": params, "rest": rest, "opt": tx.init(params),
+                "step": jnp.zeros((), jnp.int32), "nan_skips": jnp.zeros((), jnp.int32),
+                # Raw key data (not a typed key) so orbax stores it like any array.
+                "rng": jax.random.key_data(jax.random.key(config.seed + 1))}
+
+    return graphdef, init
+
+
+# ------------------------------------------------------------------------------------------ train step
+
+def make_train_step(graphdef: Any, loss_fn: Any, tx: optax.GradientTransformation, schedule: optax.Schedule,
+                    config: ml_collections.ConfigDict, state_shardings: Any, mesh: jax.sharding.Mesh):
+    """jit(state, batch) -> (state, metrics), state donated, shardings pinned at the boundary."""
+    from flax import nnx
+
+    accum = int(config.optim.get("grad_accum", 1))
+    # Test hook (documented in configs/tiny.py): steps whose loss is multiplied by NaN.
+    poison = tuple(int(s) for s in config.get("debug", {}).get("poison_steps", ()))
+
+    def loss_of(params, rest, batch, mult):
+        model = nnx.merge(graphdef, params, rest)
+        img, txt, scale, bias = model(batch["image"], batch["tokens"])
+        loss, aux = loss_fn(img, txt, scale, bias, batch["image_id"], batch["text_id"])
+        return loss * mult, (aux, nnx.split(model, nnx.Param, ...)[2], scale)
+
+    grad_fn = jax.value_and_grad(loss_of, has_aux=True)
+
+    def step_fn(state, batch):
+        step = state["step"] + 1
+        mult = jnp.where(jnp.isin(step, jnp.asarray(poison)), jnp.nan, 1.0) if poison else 1.0
+        if accum == 1:
+            (loss, (aux, rest, scale)), grads = grad_fn(state["params"], state["rest"], batch, mult)
+        else:
+            # [B, ...] -> [accum, B/accum, ...] taking every accum-th row: each micro-batch keeps rows on
+            # every device, so the split is a local transpose, not a reshuffle.
+            micro = jax.tree.map(
+                lambda x: jnp.moveaxis(x.reshape(x.shape[0] // accum, accum, *x.shape[1:]), 1, 0), batch)
+
+            def body(carry, mb):
+                g_sum, rest = carry
+                (l, (a, rest, s)), g = grad_fn(state["params"], rest, mb, mult)
+                return (jax.tree.map(jnp.add, g_sum, g), rest), (l, a, s)
+
+            zeros = jax.tree.map(jnp.zeros_like, state["params"])
+            (grads, rest), (ls, auxs, ss) = jax.lax.scan(body, (zeros, state["rest"]), micro)
+            grads = jax.tree.map(lambda g: g / accum, grads)
+            loss, aux, scale = ls.mean(), jax.tree.map(jnp.mean, auxs), ss[-1]
+        grad_norm = optax.tree.norm(grads)
+        ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        updates, opt = tx.update(grads, state["opt"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+
+        def keep_if_ok(new, old):
+            return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+
+        nan_skips = state["nan_skips"] + (~ok).astype(jnp.int32)
+        rng = jax.random.key_data(jax.random.split(jax.random.wrap_key_data(state["rng"]))[0])
+        new_state = {"params": keep_if_ok(params, state["params"]), "rest": keep_if_ok(rest, state["rest"]),
+                     "opt": keep_if_ok(opt, state["opt"]), "step": step, "nan_skips": nan_skips, "rng": rng}
+        metrics = {"loss": loss, **{k.replace("_acc", "_top1"): v for k, v in aux.items()}, "logit_scale": scale, "temperature": 1.0 / scale,
+                   "grad_norm": grad_norm, "lr": schedule(state["step"] - state["nan_skips"]),
+                   "skipped": (~ok).astype(jnp.int32), "nan_skips": nan_skips,
+                   # Which examples this step saw (sum of global image ids): equal runs see equal batches.
+                   "fingerprint": jnp.sum(batch["image_id"])}
+        return new_state, metrics
+
+    batch_sh = sharding.batch_sharding(mesh)
+    return jax.jit(step_fn, in_shardings=(state_shardings, batch_sh),
+                   out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
+
+
+class Trainer(NamedTuple):
+    """What main needs to train: a sharded init, the state's layout, and the step."""
+    init: Callable[[], dict[str, Any]]          # () -> state, created sharded on the mesh
+    abstract_state: dict[str, Any]              # ShapeDtypeStructs (restore templates, parameter count)
+    state_shardings: dict[str, Any]             # NamedShardings from the partition rules
+    train_step: Callable[..., Any]              # jit(state, batch) -> (state, metrics), state donated
+    schedule: optax.Schedule
+
+
+def make_trainer(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, vocab_size: int) -> Trainer:
+    """Optimizer, sharded init and train step for `config` on `mesh` (shared by main, tests, benchmarks)."""
+    from exif_jax import losses
+
+    tx, schedule = make_optimizer(config)
+    graphdef, init = make_init(config, vocab_size, tx)
+    abstract_state = jax.eval_shape(init)
+    state_sh = sharding.state_shardings(abstract_state, mesh,
+                                        fsdp_min_size=int(config.mesh.get("fsdp_min_size", 2**14)))
+    loss_fn = losses.make_loss_fn(config.loss.kind, config.loss.impl, mesh, batch_axes=sharding.BATCH_AXES)
+    train_step = make_train_step(graphdef, loss_fn, tx, schedule, config, state_sh, mesh)
+    return Trainer(jax.jit(init, out_shardings=state_sh), abstract_state, state_sh, train_step, schedule)
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+def main(config_path: str, workdir: str, overrides: Sequence[str] = (), *, distributed: str = "auto",
+         coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None) -> int:
+    """Train (or resume) the two towers as the config says; checkpoints, events and metrics.jsonl in workdir."""
+    from exif_jax.data import pipeline
+    from exif_jax.models import towers
+    from exif_jax.tokenizer import Tokenizer
+
+    # 1. Config. ----------------------------------------------------------------------------------------
+    config = load_config(config_path, overrides)
+    c_train, debug = config.train, config.get("debug", ml_collections.ConfigDict())
+    if not config.data.train_dir:
+        raise ValueError("config.data.train_dir is empty: build ArrayRecords with `exif-jax build-data "
+                         "--images DIR --out DATA` and pass --config.data.train_dir=DATA")
+
+    # 2. Multi-host init (before anything touches a device). -------------------------------------------
+    init_distributed(distributed, coordinator, num_processes, process_id)
+    is_main = jax.process_index() == 0
+    if is_main:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json(indent=2))
+
+    # 3. Mesh. ---------------------------------------------------------------------------------------
+    mesh = sharding.make_mesh(config.mesh)
+    log(f"{jax.process_count()} process(es), {jax.device_count()} {jax.devices()[0].device_kind} device(s), "
+        f"mesh {dict(mesh.shape)}")
+
+    # 4. Data. -----------------------------------------------------------------------------------------
+    tokenizer = Tokenizer(config.tokenizer.model or None, max_len=config.tokenizer.max_len)
+    data_iter = pipeline.make_global_iterator(config, tokenizer, mesh, seed=config.seed,
+                                              batch_axes=sharding.BATCH_AXES)
+
+    # 5-6. Model, optimizer (abstract: nothing allocated yet) and the jitted train step. ---------------
+    vocab_size = int(config.model.text.get("vocab_size", 0)) or tokenizer.vocab_size
+    trainer = make_trainer(config, mesh, vocab_size)
+    abstract_state, state_sh, train_step = trainer.abstract_state, trainer.state_shardings, trainer.train_step
+    n_params = sum(x.size for x in jax.tree.leaves(abstract_state["params"]))
+    log(f"{n_params / 1e6:.2f}M parameters")
+
+    # 7. Checkpoints: resume from the newest complete one, else initialize. ------------------------------
+    mngr = checkpoint.make_manager(os.path.join(workdir, "ckpt"), int(c_train.keep))
+    start = mngr.latest_step() or 0
+    if start:
+        state = checkpoint.restore(mngr, start, checkpoint.abstract(abstract_state, state_sh), data_iter)
+        log(f"resumed from {workdir}/ckpt step {start}")
+    else:
+        state = trainer.init()
+    total = int(c_train.steps)
+
+    # 8. Metrics. --------------------------------------------------------------------------------------
+    writer = metrics_writer.MetricsWriter(
+        workdir, total_steps=total, global_batch=int(config.data.global_batch_size),
+        flops_per_example=towers.flops_per_example(config), num_devices=jax.device_count(),
+        peak_per_device=metrics_writer.peak_flops(), enabled=is_main)
+    pending: list[tuple[int, dict[str, jax.Array]]] = []
+    max_nan = int(c_train.max_nan_skips)
+
+    def flush() -> None:
+        fetched = jax.device_get([m for _, m in pending])
+        rows = [{"step": s, **{k: v.item() for k, v in m.items()}} for (s, _), m in zip(pending, fetched)]
+        pending.clear()
+        writer.write(rows)
+        for row in rows:
+            if row["skipped"]:
+                log(f"step {row['step']}: non-finite loss or gradient, update skipped "
+                    f"({row['nan_skips']} of at most {max_nan})")
+            if row["nan_skips"] > max_nan:
+                raise TrainingAborted(
+                    f"stopping: {row['nan_skips']} steps with a non-finite loss or gradient "
+                    f"(> train.max_nan_skips={max_nan}), the last at step {row['step']}. Checkpoints are "
+                    f"untouched (newest: {mngr.latest_step() or 'none'}); lower optim.lr or check the data.")
+
+    def save(step: int, force: bool = False) -> None:
+        if step in mngr.all_steps():
+            return
+        slow = float(debug.get("slow_save_s", 0.0)) if step == int(debug.get("slow_save_step", -1)) else 0.0
+        checkpoint.save(mngr, step, state, data_iter, force=force, slow_save_s=slow,
+                        slow_save_marker=os.path.join(workdir, "slow_save_marker.txt"))
+
+    # 9. Preemption: SIGTERM -> save at the next step boundary and leave. --------------------------------
+    # One process: our own handler. Several: jax's preemption service (the coordinator tells every
+    # process to stop at the same step; a Python handler would replace its SIGTERM hook).
+    sigterm = {"hit": False}
+    old_handler = None
+    if jax.process_count() == 1:
+        old_handler = signal.signal(signal.SIGTERM, lambda *_: sigterm.update(hit=True))
+
+    def preempted(step: int) -> bool:
+        return sigterm["hit"] if jax.process_count() == 1 else mngr.reached_preemption(step)
+
+    # 10. Loop. ----------------------------------------------------------------------------------------
+    step, stop_at = start, total
+    if int(c_train.get("max_steps_per_run", 0)) > 0:
+        stop_at = min(total, start + int(c_train.max_steps_per_run))
+    if start >= total:
+        log(f"nothing to do: checkpoint step {start} >= train.steps {total}")
+    exit_code = 0
+    try:
+        while step < stop_at:
+            if preempted(step):
+                if pending:
+                    flush()
+                save(step, force=True)
+                mngr.wait_until_finished()
+                log(f"preempted: saved step {step} to {workdir}/ckpt; rerun the same command to resume")
+                break
+            state, metrics = train_step(state, next(data_iter))
+            step += 1
+            if debug.get("step_sleep_s", 0.0):
+                time.sleep(float(debug.step_sleep_s))
+            pending.append((step, metrics))
+            if step == start + 1:  # the compile step: time throughput from its end
+                jax.block_until_ready(metrics)
+                writer.start_clock(step)
+            is_ckpt = step % int(c_train.ckpt_every) == 0 or step == stop_at
+            if pending and (step % int(c_train.log_every) == 0 or is_ckpt):
+                flush()
+            if is_ckpt:
+                save(step)
+        if pending:
+            flush()
+    except TrainingAborted as e:
+        log(str(e))
+        exit_code = 3
+        raise
+    finally:
+        if old_handler is not None:
+            signal.signal(signal.SIGTERM, old_handler)
+        if exit_code == 0:
+            mngr.wait_until_finished()
+        mngr.close()
+        writer.close()
+        data_iter.close()
+    return exit_code
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    """Flags of `exif-jax train`; any --config.a.b=v (or --config.a.b v) overrides a config value."""
+    parser.add_argument("--config", required=True, help="a Python config file (configs/*.py)")
+    parser.add_argument("--workdir", required=True, help="checkpoints, TensorBoard events, metrics.jsonl")
+    parser.add_argument("--distributed", choices=("auto", "on", "off"), default="auto",
+                        help="auto: explicit coordinator if given, else detect a TPU pod / SLURM job")
+    parser.add_argument("--coordinator", help="host:port of process 0 (env EXIF_JAX_COORDINATOR)")
+    parser.add_argument("--num-processes", type=int, help="(env EXIF_JAX_NUM_PROCESSES)")
+    parser.add_argument("--process-id", type=int, help="(env EXIF_JAX_PROCESS_ID)")
+    parser.set_defaults(config_overrides=[])
+    original = parser.parse_known_args
+
+    # argparse cannot declare a family of "--config.*" flags: take them out before it parses the rest.
+    def parse_known_args(args=None, namespace=None):
+        args = list(sys.argv[1:] if args is None else args)
+        rest, overrides, i = [], [], 0
+        while i < len(args):
+            a = args[i]
+            if a.startswith("--config."):
+                if "=" in a:
+                    overrides.append(a[len("--config."):])
+                elif i + 1 < len(args):
+                    overrides.append(f"{a[len('--config.'):]}={args[i + 1]}")
+                    i += 1
+                else:
+                    parser.error(f"{a}: missing value")
+            else:
+                rest.append(a)
+            i += 1
+        ns, extra = original(rest, namespace)
+        ns.config_overrides = list(getattr(ns, "config_overrides", []) or []) + overrides
+        return ns, extra
+
+    parser.parse_known_args = parse_known_args  # type: ignore[method-assign]
+
+
+def cli_main(args: argparse.Namespace) -> int:
+    """Run `main` with the parsed flags."""
+    try:
+        return main(args.config, args.workdir, args.config_overrides, distributed=args.distributed,
+                    coordinator=args.coordinator, num_processes=args.num_processes, process_id=args.process_id)
+    except TrainingAborted as e:
+        print(f"exif-jax train: {e}", file=sys.stderr)
+        return 3
