@@ -125,15 +125,14 @@ def load_model(config: Any, ckpt_dir: str, step: int | None = None, *, vocab_siz
     from flax import nnx
 
     from exif_jax.models import towers
-    from exif_jax.tokenizer import Tokenizer
+    from exif_jax.tokenizer import vocab_size_of
 
     mngr = ocp.CheckpointManager(os.path.abspath(ckpt_dir), options=ocp.CheckpointManagerOptions(read_only=True))
     step = mngr.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"{ckpt_dir}: no complete checkpoint")
     if vocab_size is None:
-        vocab_size = int(config.model.text.get("vocab_size", 0)) or Tokenizer(
-            config.tokenizer.model or None, max_len=config.tokenizer.max_len).vocab_size
+        vocab_size = vocab_size_of(config)
     model = nnx.eval_shape(lambda: towers.create_model(config, vocab_size, nnx.Rngs(0)))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])

@@ -51,8 +51,8 @@ def batch_summary(config, data_dir: Path) -> None:
 
     from exif_jax import sharding
     from exif_jax.data import pipeline
-    from exif_jax.tokenizer import Tokenizer
-    tok = Tokenizer(config.tokenizer.model or None, max_len=config.tokenizer.max_len)
+    from exif_jax.tokenizer import make_tokenizer
+    tok = make_tokenizer(config)
     config.data.train_dir = str(data_dir)
     mesh = sharding.make_mesh(config.mesh)
     it = pipeline.make_global_iterator(config, tok, mesh, seed=config.seed)
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    from exif_jax.train import load_config
+    from exif_jax.config import load_config
     config = load_config(args.config)
 
     t = _stage(1, f"EXIF -> text for {len(list(PHOTOS.glob('*.jpg')))} bundled photos")

@@ -6,6 +6,7 @@ import io
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import sentencepiece as spm
@@ -148,6 +149,23 @@ class Tokenizer:
         return len(self.sp.encode(text)) + 1
 
 
+def make_tokenizer(config: Any) -> Any:
+    """The text tokenizer the config names: tokenizer.kind "sentencepiece" (default) or "wordpiece" (DistilBERT)."""
+    tok = config.tokenizer
+    kind = tok.get("kind", "sentencepiece")
+    if kind == "wordpiece":
+        from exif_jax.wordpiece import WordPiece
+        return WordPiece(tok.model, max_len=int(tok.max_len), lowercase=bool(tok.get("lowercase", True)))
+    if kind != "sentencepiece":
+        raise ValueError(f"tokenizer.kind must be 'sentencepiece' or 'wordpiece', got {kind!r}")
+    return Tokenizer(tok.model or None, max_len=int(tok.max_len))
+
+
+def vocab_size_of(config: Any) -> int:
+    """The text tower's vocabulary size: model.text.vocab_size if set, else the configured tokenizer's."""
+    return int(config.model.text.get("vocab_size", 0) or 0) or make_tokenizer(config).vocab_size
+
+
 # ----------------------------------------------------------------------------- CLI
 
 def texts_from_source(*, images: str | None = None, list_file: str | None = None,
@@ -197,7 +215,7 @@ def cli_main(args: argparse.Namespace) -> int:
     """Run `exif-jax train-tokenizer`."""
     tag_order, max_value_len, style = None, 40, "metadata_extractor"
     if args.config:
-        from exif_jax.data.build import load_config
+        from exif_jax.config import load_config
         cfg = load_config(args.config)
         tag_order, max_value_len, style = tuple(cfg.exif.tags), cfg.exif.max_value_len, cfg.exif.style
     texts = texts_from_source(images=args.images, list_file=args.list_file, data=args.data, texts=args.texts,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import hashlib
-import importlib.util
 import json
 import math
 import multiprocessing
@@ -338,20 +337,11 @@ def read_records(data_dir: str) -> Iterator[Record]:
 
 # ----------------------------------------------------------------------------- CLI
 
-def load_config(path: str):
-    """Load an ml_collections config file (`get_config()`)."""
-    spec = importlib.util.spec_from_file_location("_exif_jax_config", path)
-    if spec is None or spec.loader is None:
-        raise FileNotFoundError(f"config not found: {path}")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config()
-
-
 def settings_from_config(config_path: str | None, min_size: int = 128) -> Settings:
     """Settings from a config file's `exif` block (defaults: exif.DEFAULT_TAGS, 40, metadata_extractor)."""
     if not config_path:
         return Settings(tag_order=tuple(exif.DEFAULT_TAGS), min_size=min_size)
+    from exif_jax.config import load_config
     c = load_config(config_path)
     return Settings(tag_order=tuple(c.exif.tags), max_value_len=int(c.exif.max_value_len),
                     style=str(c.exif.get("style", "metadata_extractor")), min_size=min_size)

@@ -67,11 +67,10 @@ def random_init_model(config: Any, vocab_size: int | None = None, seed: int = 0)
     from flax import nnx
 
     from exif_jax.models import towers
-    from exif_jax.tokenizer import Tokenizer
+    from exif_jax.tokenizer import vocab_size_of
 
     if vocab_size is None:
-        vocab_size = int(config.model.text.get("vocab_size", 0)) or Tokenizer(
-            config.tokenizer.model or None, max_len=config.tokenizer.max_len).vocab_size
+        vocab_size = vocab_size_of(config)
     abstract = nnx.eval_shape(lambda: towers.create_model(config, vocab_size, nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)
     rng = np.random.default_rng(seed)

@@ -138,19 +138,6 @@ def create_model(config: ml_collections.ConfigDict, vocab_size: int, rngs: nnx.R
                      logit_bias=config.loss.get("kind", "infonce") == "sigmoid")
 
 
-def make_tokenizer(config: ml_collections.ConfigDict):
-    """The text tokenizer the config names: tokenizer.kind "sentencepiece" (default) or "wordpiece" (DistilBERT)."""
-    tok = config.tokenizer
-    kind = tok.get("kind", "sentencepiece")
-    if kind == "wordpiece":
-        from exif_jax.wordpiece import WordPiece
-        return WordPiece(tok.model, max_len=int(tok.max_len), lowercase=bool(tok.get("lowercase", True)))
-    if kind != "sentencepiece":
-        raise ValueError(f"tokenizer.kind must be 'sentencepiece' or 'wordpiece', got {kind!r}")
-    from exif_jax.tokenizer import Tokenizer
-    return Tokenizer(tok.model or None, max_len=int(tok.max_len))
-
-
 def flops_per_example(config: ml_collections.ConfigDict) -> float:
     """Training FLOPs for one (image, text) pair: 3x the forward matmul/conv FLOPs of both towers."""
     m = config.model

@@ -1,0 +1,262 @@
+"""Splice benchmark evaluation: `exif-jax eval-localize --dataset KIND:PATH --checkpoint DIR --out DIR`.
+
+Every method runs in the same harness over every image: the same patch size (the checkpoint's crop size;
+--patch without a checkpoint), grid, consensus and metrics, so their rows compare like with like.
+  learned    the checkpoint's image tower
+  classical  hand-made noise-residual statistics (baselines.noise_embedder)
+  random     random features per patch: the chance level of every metric
+Outputs in OUT: metrics.md / metrics.json (rows method x {spliced only, all images}; localization columns
+from metrics.summarize, detection AP / ROC-AUC for each detection score the localizer emits: score_mean is
+the paper's, score_ms and score_ncut the consensus alternatives), per_image.csv (one row per method and
+image: the per-image numbers every table cell is the mean of), and heatmaps/ (image, mask, map) of the best
+and worst spliced images by per-image AP. Images that cannot be read or are too small are counted, listed
+with the reason, and left out of every method's rows; they never stop the run.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from exif_jax.eval import metrics as M
+from exif_jax.eval.patches import NUM_PER_DIM, PatchEmbedder
+
+SCORES = ("score_mean", "score_ms", "score_ncut")
+BASELINE_METHOD = {"noise": "classical", "random": "random"}
+CSV_FIELDS = ("method", "name", "label", "path", "height", "width", *SCORES, *M.LOCALIZATION_KEYS)
+_LOC_COLUMNS = (("ap", "p-mAP"), ("ciou", "cIoU"), ("mcc", "MCC"), ("f1", "F1"), ("ciou@0.5", "cIoU@0.5"),
+                ("mcc@0.5", "MCC@0.5"), ("f1@0.5", "F1@0.5"))
+
+
+def build_embedders(checkpoint: str | None, baseline: str | None = None, all_methods: bool = False,
+                    patch: int = 128, step: int | None = None) -> dict[str, PatchEmbedder]:
+    """method name -> embedder: learned (given a checkpoint), the --baseline one, or all three."""
+    from exif_jax.eval import baselines
+    from exif_jax.eval.localize import load_for_inference
+    from exif_jax.eval.patches import model_embedder, replicate
+
+    out: dict[str, PatchEmbedder] = {}
+    if checkpoint:
+        model, config = load_for_inference(checkpoint, step)
+        patch = int(config.data.crop_size)  # every method on the learned model's grid
+        out["learned"] = model_embedder(model, patch, name=f"model:{checkpoint}")
+    elif all_methods:
+        raise ValueError("--all-methods needs --checkpoint (the learned row)")
+    if baseline not in (None, *BASELINE_METHOD):
+        raise ValueError(f"baseline must be one of {tuple(BASELINE_METHOD)}, got {baseline!r}")
+    if baseline == "noise" or all_methods:
+        out["classical"] = baselines.noise_embedder(patch)
+    if baseline == "random" or all_methods:
+        out["random"] = baselines.random_embedder(patch)
+    if not out:
+        raise ValueError("nothing to evaluate: give --checkpoint DIR and/or --baseline noise|random")
+    return {k: replicate(v) for k, v in out.items()}
+
+
+def pick(samples: Sequence[Any], max_images: int | None) -> list[Any]:
+    """At most max_images samples, evenly spaced (benchmarks list authentic and spliced in blocks)."""
+    if max_images is None or max_images >= len(samples):
+        return list(samples)
+    if max_images < 1:
+        raise ValueError(f"max_images must be >= 1, got {max_images}")
+    return [samples[i] for i in np.unique(np.linspace(0, len(samples) - 1, max_images).round().astype(int))]
+
+
+class _Extremes:
+    """The `k` best and `k` worst items by a key, holding at most 2k + 1 items at any time."""
+
+    def __init__(self, k: int):
+        self.k, self.seen, self.items = k, 0, []
+
+    def add(self, key: float, item: Any) -> None:
+        self.seen += 1
+        self.items.append((key, self.seen, item))  # the counter breaks ties: items themselves never compare
+        self.items.sort(key=lambda t: t[:2])
+        if len(self.items) > 2 * self.k:
+            del self.items[self.k]  # the middle one is neither among the k lowest nor the k highest
+
+    def best(self) -> list[tuple[float, Any]]:
+        n = min(self.k, -(-len(self.items) // 2))  # with fewer than 2k items, best and worst do not overlap
+        return [(a, c) for a, _, c in reversed(self.items[len(self.items) - n:])]
+
+    def worst(self) -> list[tuple[float, Any]]:
+        n = min(self.k, len(self.items) - len(self.best()))
+        return [(a, c) for a, _, c in self.items[:n]]
+
+
+def _plot(path: str, image: np.ndarray, mask: np.ndarray, score_map: np.ndarray, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    h, w = score_map.shape
+    fig, axes = plt.subplots(1, 3, figsize=(12.0, 4.0 * h / w + 0.6), dpi=90)
+    for ax, (im, kw, name) in zip(axes, ((image, {}, "image"), (mask, {"cmap": "gray"}, "ground truth"),
+                                         (score_map, {"cmap": "jet"}, "map"))):
+        ax.imshow(im, **kw)
+        ax.set_title(name, fontsize=9)
+        ax.set_axis_off()
+    fig.suptitle(title, fontsize=10)
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _csv_value(v: Any) -> Any:
+    return repr(float(v)) if isinstance(v, (float, np.floating)) else v  # repr: exact round trip
+
+
+def evaluate(samples: Sequence[Any], embedders: Mapping[str, PatchEmbedder], out_dir: str, *,
+             consensus: str = "meanshift", stride: int | None = None, num_per_dim: int = NUM_PER_DIM,
+             batch: int = 256, show: int = 3, progress: bool = True, dataset: str = "") -> dict[str, Any]:
+    """Localize every sample with every method; write per_image.csv, metrics.json/.md and heatmaps/."""
+    from tqdm import tqdm
+
+    from exif_jax.eval.datasets import load_mask
+    from exif_jax.eval.features import write_report
+    from exif_jax.eval.localize import localize_image, read_photo
+
+    os.makedirs(os.path.join(out_dir, "heatmaps"), exist_ok=True)
+    records: dict[str, list[dict[str, Any]]] = {m: [] for m in embedders}
+    extremes = {m: _Extremes(show) for m in embedders}
+    failed: list[dict[str, str]] = []
+    with open(os.path.join(out_dir, "per_image.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, restval="")
+        writer.writeheader()
+        bar = tqdm(samples, desc="eval-localize", unit="img", disable=not progress, file=sys.stderr)
+        for sample in bar:
+            path = str(sample.image_path)
+            try:
+                image = read_photo(path)
+                mask = load_mask(sample, image.shape[:2]) if sample.mask_path or not sample.label else None
+                locs = {m: localize_image(image, e, consensus=consensus, stride=stride, num_per_dim=num_per_dim,
+                                          batch=batch) for m, e in embedders.items()}
+            except ValueError as e:  # PhotoError, PhotoTooSmall, too many cells, unreadable mask
+                failed.append({"name": sample.name, "path": path, "reason": str(e)})
+                bar.set_postfix(failed=len(failed))
+                continue
+            for m, loc in locs.items():
+                if mask is not None and loc.map.shape != mask.shape:
+                    raise AssertionError(f"{path}: {m} map {loc.map.shape} != mask {mask.shape}")
+                rec = M.image_record(sample.name, sample.label, score=loc.scores["score_mean"],
+                                     score_map=loc.map, mask=mask)
+                rec.update(method=m, path=path, height=image.shape[0], width=image.shape[1],
+                           **{s: loc.scores[s] for s in SCORES})
+                records[m].append(rec)
+                writer.writerow({k: _csv_value(rec[k]) for k in CSV_FIELDS if k in rec})
+                if sample.label == 1 and np.isfinite(rec.get("ap", math.nan)):
+                    extremes[m].add(rec["ap"], (sample, loc.map.astype(np.float32), mask))
+    heatmaps = _write_heatmaps(extremes, out_dir)
+    report = {"dataset": dataset, "consensus": consensus, "n_samples": len(samples),
+              "n_failed": len(failed), "failed": failed, "heatmaps": heatmaps,
+              "methods": {m: summarize_method(recs) for m, recs in records.items()}}
+    write_report(out_dir, "metrics", report, to_markdown(report))
+    return report
+
+
+def _write_heatmaps(extremes: Mapping[str, _Extremes], out_dir: str) -> list[str]:
+    from exif_jax.eval.localize import read_photo
+
+    written = []
+    for m, ex in extremes.items():
+        for kind, items in (("best", ex.best()), ("worst", ex.worst())):
+            for rank, (ap, (sample, score_map, mask)) in enumerate(items, 1):
+                path = os.path.join(out_dir, "heatmaps", f"{m}_{kind}{rank}_{Path(sample.name).name}.png")
+                _plot(path, read_photo(str(sample.image_path)), mask, score_map,
+                      f"{m}: {sample.name} ({kind} {rank}), per-image AP {ap:.3f}")
+                written.append(path)
+    return written
+
+
+def summarize_method(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """metrics.summarize of one method's records plus detection for every score and the best score."""
+    table = M.summarize(records)
+    det = {}
+    for s in SCORES:
+        scored = [r for r in records if r.get(s) is not None]
+        det[s] = (M.detection_scores([r[s] for r in scored], [r["label"] for r in scored]) if scored
+                  else {"ap": math.nan, "auc": math.nan, "n": 0, "n_spliced": 0})
+    ranked = [s for s in SCORES if not math.isnan(det[s]["ap"])]
+    # Ties on AP go to AUC, then to the order of SCORES (the paper's score first).
+    best = max(ranked, key=lambda s: (det[s]["ap"], -1 if math.isnan(det[s]["auc"]) else det[s]["auc"],
+                                      -SCORES.index(s))) if ranked else None
+    return {**table, "detection_by_score": det, "best_detection_score": best}
+
+
+def _fmt(x: Any) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
+
+
+def to_markdown(report: Mapping[str, Any]) -> str:
+    """The metrics table: rows method x images, localization and per-score detection columns."""
+    det_cols = [f"det {k} {s}" for s in SCORES for k in ("AP", "AUC")]
+    head = ["method", "images", "n", *(h for _, h in _LOC_COLUMNS), *det_cols, "best det score"]
+    lines = [f"### eval-localize: {report['dataset']} (consensus {report['consensus']})", "",
+             "| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
+    for m, t in report["methods"].items():
+        for key, label in (("spliced_only", "spliced only"), ("all_images", "all images")):
+            row = t["localization"][key]
+            cells = [m, label, str(row["n"]), *(_fmt(row[k]) for k, _ in _LOC_COLUMNS)]
+            if key == "all_images":
+                cells += [_fmt(t["detection_by_score"][s][k]) for s in SCORES for k in ("ap", "auc")]
+                cells.append(t["best_detection_score"] or "n/a")
+            else:  # no authentic images: detection is undefined
+                cells += ["-"] * (len(det_cols) + 1)
+            lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", f"- Images: {report['n_samples']}, failed (left out of every row): {report['n_failed']}."]
+    lines += [f"  - {f['name']}: {f['reason']}" for f in report["failed"][:20]]
+    lines += ["- Detection scores: score_mean = the paper's (mean patch consistency), score_ms = mean-shift "
+              "consensus, score_ncut = normalized-cut; 'best det score' = highest detection AP (ties: AUC).",
+              "- Localization uses the chosen consensus map; per-image numbers are in per_image.csv."]
+    lines += [f"- {c}" for c in M.CONVENTIONS]
+    return "\n".join(lines) + "\n"
+
+
+def run(dataset: str, out_dir: str, *, checkpoint: str | None = None, baseline: str | None = None,
+        all_methods: bool = False, max_images: int | None = None, patch: int = 128, step: int | None = None,
+        **kwargs: Any) -> dict[str, Any]:
+    """Load the benchmark and the methods, then `evaluate`."""
+    from exif_jax.eval.datasets import load_dataset
+
+    samples = pick(load_dataset(dataset), max_images)
+    embedders = build_embedders(checkpoint, baseline, all_methods, patch, step)
+    return evaluate(samples, embedders, out_dir, dataset=dataset, **kwargs)
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    """Flags of `exif-jax eval-localize`."""
+    from exif_jax.eval.consensus import CONSENSUS
+
+    parser.add_argument("--dataset", required=True, help="KIND:PATH (kinds: see exif_jax/eval/datasets.py)")
+    parser.add_argument("--checkpoint", help="trainer workdir (config.json + ckpt/): the learned method")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--baseline", choices=tuple(BASELINE_METHOD), help="also (or only) run this baseline")
+    parser.add_argument("--all-methods", action="store_true", help="learned + classical (noise) + random")
+    parser.add_argument("--consensus", choices=CONSENSUS, default="meanshift")
+    parser.add_argument("--max-images", type=int, help="evaluate this many images, evenly spaced over the list")
+    parser.add_argument("--stride", type=int, help="patch stride in px (default: the paper's)")
+    parser.add_argument("--num-per-dim", type=int, default=NUM_PER_DIM)
+    parser.add_argument("--batch", type=int, default=256, help="patches per device batch (all devices)")
+    parser.add_argument("--patch", type=int, default=128, help="baseline patch size without --checkpoint")
+    parser.add_argument("--step", type=int, help="checkpoint step (default: newest)")
+    parser.add_argument("--show", type=int, default=3, help="heatmaps of this many best and worst images")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def cli_main(args: argparse.Namespace) -> int:
+    """Run `run` with the parsed flags."""
+    try:
+        run(args.dataset, args.out, checkpoint=args.checkpoint, baseline=args.baseline,
+            all_methods=args.all_methods, max_images=args.max_images, patch=args.patch, step=args.step,
+            consensus=args.consensus, stride=args.stride, num_per_dim=args.num_per_dim, batch=args.batch,
+            show=args.show, progress=not args.no_progress)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"exif-jax eval-localize: {e}", file=sys.stderr)
+        return 2
+    return 0
