@@ -20,7 +20,7 @@ test: $(STAMP)
 	$(TEST_ENV) $(PY) -m pytest -q -ra tests
 
 demo: $(STAMP)
-	$(TEST_ENV) $(PY) -m exif_jax.demo --out demo_out
+	$(TEST_ENV) $(PY) -m exif_jax.demo --out demo_out $(DEMO_ARGS)
 
 clean:
 	rm -rf demo_out .pytest_cache

@@ -1,13 +1,16 @@
-"""`make demo`: the whole pipeline end to end on the photos bundled in exif_jax/assets/photos.
+"""`make demo`: the whole job end to end on the 18 photos bundled in exif_jax/assets/photos (CPU, no downloads).
 
-Stages (each prints what it did): build ArrayRecords -> tokenize -> a grain batch on the device mesh ->
-train a tiny model -> write the output folder. Later stages (splices, localization, export) join as they land.
+  EXIF -> text -> camera-held-out split -> ArrayRecords -> grain batch on the mesh -> train a tiny model
+  -> Columbia-style splices from the held-out cameras -> localize -> learned / classical / random table
+  -> heatmap PNGs -> export to transformers (SiglipModel) -> parity check against JAX.
+
+Each stage prints what it did; the output folder is printed at the end. `--quick` is the CI form.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -19,33 +22,56 @@ from exif_jax import exif
 ASSETS = Path(__file__).resolve().parent / "assets"
 PHOTOS = ASSETS / "photos"
 REPO = Path(__file__).resolve().parents[1]
+DEMO_CONFIG = REPO / "configs" / "demo.py"
 
 
-def _stage(n: int, title: str) -> float:
-    print(f"\n=== [{n}] {title}", flush=True)
-    return time.time()
+class Stages:
+    """Numbered stage banners with wall times."""
+
+    def __init__(self, total: int):
+        self.n, self.total, self.t0, self.times = 0, total, time.time(), {}
+
+    def start(self, title: str) -> None:
+        self.n += 1
+        self.title, self.t = title, time.time()
+        print(f"\n=== [{self.n}/{self.total}] {title}", flush=True)
+
+    def done(self) -> None:
+        dt = time.time() - self.t
+        self.times[self.title] = round(dt, 1)
+        print(f"    ({dt:.1f} s; {time.time() - self.t0:.0f} s so far)", flush=True)
 
 
-def _done(t0: float) -> None:
-    print(f"    ({time.time() - t0:.1f} s)", flush=True)
+def split_bundled(out: Path) -> dict:
+    """Camera-disjoint split of the bundled photos (the experiment's split function, its own salt)."""
+    from exif_jax.experiment import link_folder, split_cameras
+    rows = []
+    for p in sorted(PHOTOS.glob("*.jpg")):
+        tags = exif.read_tags(p)
+        rows.append({"file": p.name, "make": tags.get("Make", ""), "model": tags.get("Model", "")})
+    split = split_cameras(rows, train_fraction=0.6, salt="exif-jax/demo/v1")
+    for side in ("train", "test"):
+        link_folder(split, side, str(PHOTOS), str(out / f"photos_{side}"))
+    print(f"    train: {split['n_photos']['train']} photos / {split['n_cameras']['train']} cameras; "
+          f"held out: {split['n_photos']['test']} photos / {split['n_cameras']['test']} cameras "
+          f"({', '.join(split['test_cameras'])})")
+    first = PHOTOS / split["train_files"][0]
+    print(f"    e.g. {first.name}: {exif.render_text(exif.read_tags(first))[:120]}...")
+    return split
 
 
-def build(out: Path) -> Path:
-    """Photos -> ArrayRecord shards; returns the data directory."""
+def build(photos: Path, data_dir: Path) -> None:
+    """Photos -> ArrayRecord shards (original bytes, EXIF text, camera) + summary.json."""
     from exif_jax.data import build as build_lib
-    data_dir = out / "data"
-    items, skipped = build_lib.items_from_folder(str(PHOTOS))
+    items, skipped = build_lib.items_from_folder(str(photos))
     settings = build_lib.Settings(tag_order=tuple(exif.DEFAULT_TAGS), min_size=128)
-    summary = build_lib.build_dataset(items, str(data_dir), settings, records_per_shard=8, workers=2,
-                                      pre_skipped=skipped)
-    print(f"    {summary['kept']} photos kept, {sum(len(v) for v in summary['skipped'].values())} skipped, "
-          f"{len(summary['cameras'])} cameras, {len(build_lib.shard_paths(str(data_dir)))} shards -> {data_dir}")
-    first = next(build_lib.read_records(str(data_dir)))
-    print(f"    e.g. {first['path'].split('/')[-1]}: {first['text'][:110]}...")
-    return data_dir
+    s = build_lib.build_dataset(items, str(data_dir), settings, records_per_shard=4, workers=2,
+                                pre_skipped=skipped, progress=False)
+    print(f"    {s['kept']} photos kept, {sum(len(v) for v in s['skipped'].values())} skipped, "
+          f"{len(s['cameras'])} cameras, {len(build_lib.shard_paths(str(data_dir)))} shards -> {data_dir}")
 
 
-def batch_summary(config, data_dir: Path) -> None:
+def batch_summary(config) -> None:
     """One global batch from the grain pipeline, sharded over the devices."""
     import jax
 
@@ -53,37 +79,110 @@ def batch_summary(config, data_dir: Path) -> None:
     from exif_jax.data import pipeline
     from exif_jax.tokenizer import make_tokenizer
     tok = make_tokenizer(config)
-    config.data.train_dir = str(data_dir)
-    mesh = sharding.make_mesh(config.mesh)
-    it = pipeline.make_global_iterator(config, tok, mesh, seed=config.seed)
+    it = pipeline.make_global_iterator(config, tok, sharding.make_mesh(config.mesh), seed=config.seed)
     batch = next(it)
     it.close()
     for k, v in batch.items():
-        print(f"    {k:9s} {str(v.dtype):6s} {tuple(v.shape)!s:18s} sharding {v.sharding.spec} over "
+        print(f"    {k:9s} {str(v.dtype):6s} {tuple(v.shape)!s:18s} sharded {v.sharding.spec} over "
               f"{len(v.sharding.device_set)} {jax.devices()[0].platform} devices")
-    ids = np.asarray(batch["image_id"])
-    print(f"    {len(np.unique(ids))} distinct photos in the batch; tokens/text (non-pad): "
-          f"{float(np.mean(np.sum(np.asarray(batch['tokens']) != tok.pad_id, axis=1))):.1f}")
+    ntok = np.sum(np.asarray(batch["tokens"]) != tok.pad_id, axis=1)
+    print(f"    {len(np.unique(np.asarray(batch['image_id'])))} distinct photos in the batch; "
+          f"tokens per text {ntok.mean():.0f} (of {config.tokenizer.max_len})")
+
+
+def train(workdir: Path, data_dir: Path, steps: int) -> dict:
+    """Train the demo config; returns first/last logged metrics."""
+    from exif_jax import train as train_lib
+    rc = train_lib.main(str(DEMO_CONFIG), str(workdir),
+                        [f"data.train_dir={data_dir}", f"train.steps={steps}"], distributed="off")
+    if rc:
+        raise SystemExit(f"training failed with exit code {rc}")
+    rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+    first, last = rows[0], rows[-1]
+    print(f"    loss {first['loss']:.3f} -> {last['loss']:.3f}; in-batch crop->EXIF top-1 "
+          f"{first.get('i2t_acc', float('nan')):.2f} -> {last.get('i2t_acc', float('nan')):.2f} "
+          f"over {len(rows)} steps; TensorBoard events in {workdir / 'tb'}")
+    return {"first": first, "last": last}
+
+
+def splices(photos: Path, out: Path, n: int) -> None:
+    """A Columbia-style benchmark from the held-out cameras only."""
+    from exif_jax.eval.splices import make_splices
+    s = make_splices(photos, out, n, seed=0, size=(256, 256), progress=False)
+    print(f"    {json.dumps({k: v for k, v in s.items() if isinstance(v, (int, float, str))})[:200]} -> {out}")
+
+
+def evaluate(bench: Path, workdir: Path, out: Path, patch: int) -> dict:
+    """Learned vs classical vs random on the benchmark, same harness."""
+    from exif_jax.eval import evaluate as ev
+    return ev.run(f"folder:{bench}", str(out), checkpoint=str(workdir), all_methods=True, patch=patch,
+                  progress=False)  # prints the table
+
+
+def export_and_check(workdir: Path, out: Path) -> dict:
+    """Export to transformers, reload with SiglipModel, compare embeddings on real crops and EXIF texts."""
+    from exif_jax.data import pipeline
+    from exif_jax.eval.localize import load_for_inference
+    from exif_jax.export import cli as export_cli
+    from exif_jax.export.parity import hf_parity
+    export_cli.export(str(workdir), str(out), "hf")
+    model, config = load_for_inference(str(workdir))
+    rng = np.random.default_rng(0)
+    files = sorted(PHOTOS.glob("*.jpg"))[:6]
+    crops = np.concatenate([pipeline.random_crops(pipeline.decode_rgb(p.read_bytes(), str(p)), 2,
+                                                  int(config.data.crop_size), rng)[0] for p in files])
+    texts = [exif.render_text(exif.read_tags(p), tag_order=tuple(config.exif.tags)) for p in files]
+    r = hf_parity(model, config, str(out), crops, texts)
+    ok = r["ids_identical"] and max(r["image_max_abs"], r["text_max_abs"], r["logits_max_abs"]) <= 1e-4
+    print(f"    transformers.SiglipModel.from_pretrained({out.name}): token ids identical: {r['ids_identical']}; "
+          f"max |diff| image {r['image_max_abs']:.1e}, text {r['text_max_abs']:.1e}, logits "
+          f"{r['logits_max_abs']:.1e} on {r['n_crops']} real crops / {r['n_texts']} EXIF texts -> "
+          f"{'PASS' if ok else 'FAIL'}")
+    if not ok:
+        raise SystemExit("export parity check failed")
+    return r
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--out", default="demo_out", help="output folder (created)")
-    p.add_argument("--config", default=str(REPO / "configs" / "tiny.py"))
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="demo_out", help="output folder (replaced)")
+    p.add_argument("--quick", action="store_true", help="CI form: fewer steps and splices")
     args = p.parse_args(argv)
     out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
     from exif_jax.config import load_config
-    config = load_config(args.config)
+    config = load_config(str(DEMO_CONFIG))
+    steps, n_splices = (60, 4) if args.quick else (int(config.train.steps), 12)
 
-    t = _stage(1, f"EXIF -> text for {len(list(PHOTOS.glob('*.jpg')))} bundled photos")
-    data_dir = build(out)
-    _done(t)
-    t = _stage(2, "grain pipeline -> one global batch on the mesh")
-    batch_summary(config, data_dir)
-    _done(t)
-    print(f"\nDemo finished. Output folder: {out}")
-    json.dump({"data": str(data_dir)}, open(out / "demo.json", "w"))
+    st = Stages(7)
+    st.start(f"EXIF -> text for {len(list(PHOTOS.glob('*.jpg')))} bundled photos; camera-held-out split")
+    split_bundled(out)
+    st.done()
+    st.start("build ArrayRecords from the train cameras")
+    build(out / "photos_train", out / "data")
+    st.done()
+    st.start("grain pipeline -> one global batch on the device mesh")
+    config.data.train_dir = str(out / "data")
+    batch_summary(config)
+    st.done()
+    st.start(f"train {DEMO_CONFIG.name} for {steps} steps")
+    trained = train(out / "run", out / "data", steps)
+    st.done()
+    st.start(f"{n_splices} splices (half authentic) from the held-out cameras")
+    splices(out / "photos_test", out / "splices", n_splices)
+    st.done()
+    st.start("localize: learned vs classical (noise residuals) vs random, same consensus")
+    evaluate(out / "splices", out / "run", out / "eval", int(config.data.crop_size))
+    print(f"    heatmaps: {out / 'eval' / 'heatmaps'}")
+    st.done()
+    st.start("export to PyTorch (transformers SiglipModel) and check parity")
+    parity = export_and_check(out / "run", out / "export_hf")
+    st.done()
+    (out / "demo.json").write_text(json.dumps({"stages_s": st.times, "train": trained, "parity": parity},
+                                              indent=2, default=str))
+    print(f"\nDemo finished in {time.time() - st.t0:.0f} s. Output folder: {out}")
     return 0
 
 

@@ -20,7 +20,7 @@ transformers = pytest.importorskip("transformers")
 
 from exif_jax import cli, exif, train  # noqa: E402
 from exif_jax.data import pipeline  # noqa: E402
-from exif_jax.export import hf, timm  # noqa: E402
+from exif_jax.export import hf, parity, timm  # noqa: E402
 from exif_jax.tokenizer import BUNDLED_MODEL, Tokenizer  # noqa: E402
 
 REPO = Path(__file__).parents[1]
@@ -62,44 +62,21 @@ def crops_of(size: int) -> np.ndarray:
     return np.concatenate(out)
 
 
-def hf_outputs(out_dir: str, crops: np.ndarray, texts: list[str], max_len: int):
-    """SiglipModel forward the way a user runs it: the exported processor and tokenizer, model(**inputs)."""
-    model, info = transformers.SiglipModel.from_pretrained(out_dir, output_loading_info=True)
-    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
-    tok = transformers.AutoTokenizer.from_pretrained(out_dir)
-    proc = transformers.AutoImageProcessor.from_pretrained(out_dir)
-    enc = tok(texts, padding="max_length", max_length=max_len, truncation=True, return_tensors="pt")
-    pixels = proc(list(crops), return_tensors="pt")["pixel_values"]
-    with torch.no_grad():
-        out = model(**enc, pixel_values=pixels)
-    return out, enc, pixels
-
-
 def assert_parity(model, config, out_dir: str) -> None:
     crops = crops_of(int(config.model.image.size))
     texts = texts_of(config)
-    max_len = int(config.model.text.max_len)
-    ids, _ = Tokenizer(max_len=max_len).encode_batch(texts)
+    ids, _ = Tokenizer(max_len=int(config.model.text.max_len)).encode_batch(texts)
     assert (ids == 0).any() and (ids[:, -1] != 0).any(), "texts must include padded and truncated ones"
-    out, enc, pixels = hf_outputs(out_dir, crops, texts, max_len)
-    np.testing.assert_array_equal(enc["input_ids"].numpy(), ids)
-    assert ("attention_mask" in enc) == bool(config.model.text.mask_pad)
-    # The processor's pixels are the model's in-graph normalization of the uint8 crop.
-    mean, std = np.asarray(config.model.image.mean), np.asarray(config.model.image.std)
-    ours_px = ((crops.astype(np.float32) / 255 - mean) / std).transpose(0, 3, 1, 2)
-    np.testing.assert_allclose(pixels.numpy(), ours_px, atol=1e-6)
-
-    img = np.asarray(nnx.jit(lambda m, x: m.embed_image(x))(model, crops))
-    txt = np.asarray(nnx.jit(lambda m, x: m.embed_text(x))(model, ids))
-    bias = model.logit_bias()
-    logits = float(model.logit_scale()) * img @ txt.T + (0.0 if bias is None else float(bias))
-    d_img = np.abs(out.image_embeds.numpy() - img).max()
-    d_txt = np.abs(out.text_embeds.numpy() - txt).max()
-    d_log = np.abs(out.logits_per_image.numpy() - logits).max()
-    print(f"max |diff|: image {d_img:.2e}, text {d_txt:.2e}, logits {d_log:.2e} (logit std {logits.std():.3f})")
-    assert d_img <= TOL and d_txt <= TOL and d_log <= TOL
+    r = parity.hf_parity(model, config, out_dir, crops, texts)
+    assert not any(r["loading_info"].values()), r["loading_info"]  # no missing/unexpected/mismatched keys
+    assert r["ids_identical"]
+    assert r["attention_mask"] == bool(config.model.text.mask_pad)
+    assert r["pixels_max_abs"] <= 1e-6
+    print(f"max |diff|: image {r['image_max_abs']:.2e}, text {r['text_max_abs']:.2e}, "
+          f"logits {r['logits_max_abs']:.2e} (logit std {r['logit_std']:.3f})")
+    assert r["image_max_abs"] <= TOL and r["text_max_abs"] <= TOL and r["logits_max_abs"] <= TOL
     # Different crops and texts must give different embeddings: a constant output would pass the above.
-    assert img.std(axis=0).mean() > 1e-3 and txt.std(axis=0).mean() > 1e-3
+    assert r["image_spread"] > 1e-3 and r["text_spread"] > 1e-3
 
 
 @pytest.fixture(scope="module")

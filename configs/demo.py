@@ -1,0 +1,39 @@
+"""Demo config: what `make demo` trains on the bundled photos in a few minutes on 2 CPU cores.
+
+Run (the demo does all of this for you):
+  make demo                      # or: python -m exif_jax.demo --out demo_out [--quick]
+Gives: a tiny exact-SigLIP-shaped model (MAP-pooled ViT, last-token text tower, widths == embed_dim) so
+the checkpoint exports to transformers' SiglipModel, trained with InfoNCE on 32-px native crops of the
+train cameras' photos; the demo then localizes splices made from the held-out cameras with it.
+"""
+import importlib.util
+import os
+
+import ml_collections
+
+
+def _tiny() -> ml_collections.ConfigDict:
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny.py")
+    spec = importlib.util.spec_from_file_location("_exif_jax_tiny_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = _tiny()
+    c.tokenizer.max_len = 128           # the bundled texts average ~109 tokens: keep every tag
+    c.data.crop_size = 32
+    c.data.crops_per_image = 4          # 4 crops per decode: decoding dominates on CPU
+    c.data.global_batch_size = 32
+    # Exact SigLIP shape (exports to transformers.SiglipModel): MAP pool, no image head, text pools the last
+    # position through its head, widths == embed_dim.
+    c.model.image.update(dict(width=64, depth=2, heads=4, mlp_dim=128, patch=8, pool="map", head="none"))
+    c.model.text.update(dict(width=64, depth=2, heads=4, mlp_dim=128, pool="last", mask_pad=False))
+    c.model.embed_dim = 64
+    c.model.temperature_max = float("inf")
+    c.model.dtype = "float32"           # CPU: bf16 is emulated and slower
+    c.loss.kind = "infonce"
+    c.optim.update(dict(lr=2e-3, warmup_steps=20))
+    c.train.update(dict(steps=300, log_every=25, ckpt_every=100, keep=1))
+    return c
