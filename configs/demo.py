@@ -6,22 +6,15 @@ Gives: a tiny exact-SigLIP-shaped model (MAP-pooled ViT, last-token text tower, 
 the checkpoint exports to transformers' SiglipModel, trained with InfoNCE on 32-px native crops of the
 train cameras' photos; the demo then localizes splices made from the held-out cameras with it.
 """
-import importlib.util
 import os
 
 import ml_collections
 
-
-def _tiny() -> ml_collections.ConfigDict:
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny.py")
-    spec = importlib.util.spec_from_file_location("_exif_jax_tiny_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from exif_jax.config import load_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-    c = _tiny()
+    c = load_config(os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny.py"))  # the base schema
     c.tokenizer.max_len = 128           # the bundled texts average ~109 tokens: keep every tag
     c.data.crop_size = 32
     c.data.crops_per_image = 4          # 4 crops per decode: decoding dominates on CPU

@@ -13,10 +13,11 @@ Run:
   exif-jax import-official --weights wrapper.pth --vocab vocab.txt --out runs/official
   exif-jax localize photo.jpg --checkpoint runs/official -o out/
 """
-import importlib.util
 import os
 
 import ml_collections
+
+from exif_jax.config import load_config
 
 # Tag order of the paper's text: a YFCC100M line lists tags as metadata-extractor read them, IFD0 then the
 # Exif SubIFD, each by tag id (file order), and data.py joins them in that order. Which tags the paper kept
@@ -38,16 +39,8 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # data.py / exif_sc.py: Normali
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def _tiny() -> ml_collections.ConfigDict:
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny.py")
-    spec = importlib.util.spec_from_file_location("_exif_jax_tiny_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-
-
 def get_config() -> ml_collections.ConfigDict:
-    c = _tiny()
+    c = load_config(os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny.py"))  # the base schema
     c.exif.tags = OFFICIAL_TAGS
     c.exif.style = "official"
     c.exif.max_value_len = 40  # the official rules keep values under 20 characters, units aside

@@ -16,22 +16,15 @@ Run:
 Gives: the paper-shaped towers in runs/rn50/ckpt (every 2,000 steps, keep 3), TensorBoard in runs/rn50/tb.
 For scale: the paper's own PyTorch setup ran at 282 img/s on one H200 (notes/performance.md), ~74 hours.
 """
-import importlib.util
 import os
 
 import ml_collections
 
-
-def _tiny() -> ml_collections.ConfigDict:
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny.py")
-    spec = importlib.util.spec_from_file_location("_exif_jax_tiny_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from exif_jax.config import load_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-    c = _tiny()
+    c = load_config(os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny.py"))  # the base schema
     c.tokenizer.max_len = 64
 
     c.data.crop_size = 124

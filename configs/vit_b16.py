@@ -11,22 +11,15 @@ at batch 1024; `benchmarks/train_step.py --config configs/vit_b16.py` measures i
 Larger batches: raise data.global_batch_size (and optim.lr roughly linearly); for a pod slice set
 mesh.fsdp (e.g. --config.mesh.fsdp=4) when optimizer state no longer fits replicated.
 """
-import importlib.util
 import os
 
 import ml_collections
 
-
-def _tiny() -> ml_collections.ConfigDict:
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny.py")
-    spec = importlib.util.spec_from_file_location("_exif_jax_tiny_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from exif_jax.config import load_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-    c = _tiny()
+    c = load_config(os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny.py"))  # the base schema
     c.tokenizer.max_len = 64
 
     c.data.crop_size = 128
