@@ -20,6 +20,7 @@ INSTALL_REQUIRES = [
     "matplotlib==3.11.2",
     "tqdm==4.70.1",
     "absl-py==2.5.1",
+    "threadpoolctl==3.8.0",
 ]
 
 setup(

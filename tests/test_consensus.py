@@ -134,3 +134,69 @@ def test_consensus_on_a_two_region_grid():
     assert ms[:, 8:].min() > 0.9 and ms[:, :6].max() < 0.1
     assert labels[:, 8:].all() and not labels[:, :6].any()
     assert float(out["score_mean"]) > 0 and float(out["score_ncut"]) > 0.5
+
+
+@pytest.mark.parametrize("q", [0.0, 10.0, 37.5, 50.0, 95.0, 100.0])
+def test_percentile_without_sorting_is_jnp_percentile(q):
+    rng = np.random.default_rng(int(q))
+    a = rng.uniform(0, 3, (40, 50)).astype(np.float32) ** 2
+    a[:5] = 0.0  # ties and zeros, as on a distance matrix's diagonal
+    a[5:10] = a[10:15]
+    f = jax.jit(lambda a: cons.percentile_nonneg(a, q, jnp.sqrt))
+    assert float(f(a)) == float(jnp.percentile(jnp.sqrt(a), q))  # the same order statistics, exactly
+    assert float(cons.percentile_nonneg(jnp.asarray([2.0]), q)) == 2.0
+    assert np.isnan(float(cons.percentile_nonneg(jnp.asarray([1.0, np.nan, 2.0]), q)))
+
+
+def _mean_shift_f64(x, window=10.0, iters=5):
+    """mean_shift in float64 numpy (the reference both f32 versions approximate)."""
+    sq = lambda a, b: np.maximum((a * a).sum(1)[:, None] + (b * b).sum(1)[None] - 2 * a @ b.T, 0)  # noqa: E731
+    h = np.percentile(np.sqrt(sq(x, x)), window)
+    h2 = h * h + 1e-5 * (x * x).sum(1).max()
+    y = x
+    for _ in range(iters):
+        w = (sq(y, x) <= h2).astype(float)
+        y = w @ x / w.sum(1, keepdims=True)
+    s = (sq(y, x) <= h2).sum(1)
+    return y[s == s.max()].mean(0), s, h
+
+
+@pytest.mark.parametrize("kind", ["clusters", "random"])
+def test_low_rank_mean_shift_is_mean_shift_of_the_full_points(kind):
+    if kind == "clusters":
+        x, _, _, _ = _two_clusters(150, 50, dim=8)
+    else:  # no structure: near-equidistant points, where the flat kernel is most sensitive to rounding
+        x = jax.random.normal(jax.random.key(0), (200, 8))
+    z = cons.unit_rows(x) / 2  # rows of 1 - z z^T: what the cell votes are, rank 8 in 200 dimensions
+    full = 1.0 - z @ z.T
+    mode, support, h = jax.jit(cons.mean_shift_low_rank, static_argnums=(1, 2))(z, 10.0, 5)
+    z64 = np.asarray(z, np.float64)
+    want, want_support, want_h = _mean_shift_f64(1.0 - z64 @ z64.T)
+    np.testing.assert_allclose(np.asarray(mode), want, atol=1e-5)
+    np.testing.assert_allclose(float(h), want_h, rtol=1e-3)
+    np.testing.assert_array_equal(np.asarray(support), want_support)
+    # The G-dimensional f32 version cancels against |row|^2 ~ G: its mode is near, not as near.
+    np.testing.assert_allclose(np.asarray(cons.mean_shift(full, 10.0, 5)[0]), want, atol=1e-3)
+
+
+def test_consensus_compiles_once_per_patch_grid():
+    g1, g2 = make_grid(48, 80, 16, stride=8), make_grid(51, 86, 16, stride=8)  # other sizes, the same grid
+    assert (g1.nh, g1.nw, g1.spread) == (g2.nh, g2.nw, g2.spread) and g1 != g2
+    emb = jax.random.normal(jax.random.key(3), (g1.n, 5))
+    before = cons._consensus._cache_size()
+    a, b = cons.consensus(emb, g1), cons.consensus(emb, g2)
+    assert cons._consensus._cache_size() - before <= 1
+    np.testing.assert_array_equal(np.asarray(a["meanshift"]), np.asarray(b["meanshift"]))
+    # Under someone else's jit it traces through (no blocking on tracers).
+    c = jax.jit(lambda e: cons.consensus(e, g1)["score_mean"])(emb)
+    np.testing.assert_allclose(float(c), float(a["score_mean"]), rtol=1e-6)
+
+
+def test_single_threaded_lapack_limits_and_restores():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    jax.block_until_ready(jnp.linalg.eigh(jnp.eye(3)))  # jaxlib's LAPACK is loaded
+    blas = lambda: [p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"]  # noqa: E731
+    before = blas()
+    with cons.single_threaded_lapack():
+        assert blas() and set(blas()) == {1}
+    assert blas() == before

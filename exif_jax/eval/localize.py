@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -102,6 +103,13 @@ def read_photo(path: str) -> np.ndarray:
         raise PhotoError(f"cannot decode as an image ({type(e).__name__}: {e})") from None
 
 
+@functools.lru_cache(maxsize=64)
+def _interp(length: int, cells: int, stride: int) -> np.ndarray:
+    m = cons.interp_matrix(length, cells, stride)
+    m.flags.writeable = False
+    return m
+
+
 def localize_image(image: np.ndarray, embedder: PatchEmbedder, *, consensus: str = "meanshift",
                    stride: int | None = None, num_per_dim: int = NUM_PER_DIM, batch: int = 256,
                    mesh: Any = None, window: float = 10.0, iters: int = 5) -> Localization:
@@ -119,12 +127,13 @@ def localize_image(image: np.ndarray, embedder: PatchEmbedder, *, consensus: str
     emb = embed_patches(embedder, image, grid, batch=batch, mesh=mesh)
     # The consensus is small next to the embedding: run it on one device, unsharded.
     emb = jax.device_put(emb, jax.devices()[0])
-    out = cons.consensus(emb, grid, embedder.standardize, float(window), int(iters))
-    stack = np.stack([out["meanshift"], out["ncut"], out["ncut_labels"].astype(np.float32)], -1)
-    pix = np.asarray(cons.cells_to_pixels(stack, grid))
-    pca = np.asarray(cons.cells_to_pixels(out["pca"], grid))
+    out = jax.device_get(cons.consensus(emb, grid, embedder.standardize, float(window), int(iters)))
+    # Cells -> pixels on the host (numpy): a jitted version recompiles for every photo size.
+    wh, ww = _interp(grid.height, gh, grid.stride), _interp(grid.width, gw, grid.stride)
+    up = lambda c: wh @ np.asarray(c, np.float32) @ ww.T  # noqa: E731  [gh, gw] -> [H, W]
+    pca = np.stack([up(out["pca"][..., k]) for k in range(3)], -1)
     lo, hi = np.percentile(pca, 0.5), np.percentile(pca, 99.5)  # the paper's display range
-    maps = dict(meanshift=pix[..., 0], ncut=pix[..., 1], ncut_labels=pix[..., 2] >= 0.5,
+    maps = dict(meanshift=up(out["meanshift"]), ncut=up(out["ncut"]), ncut_labels=up(out["ncut_labels"]) >= 0.5,
                 pca=np.clip((pca - lo) / max(hi - lo, 1e-12), 0, 1).astype(np.float32))
     scores = {k: float(out[k]) for k in ("score_mean", "score_ms", "score_ncut")}
     scores = {"score": scores["score_mean"], **scores}
