@@ -45,3 +45,21 @@ def tiny_workdir(tmp_path_factory):
     mngr.wait_until_finished()
     mngr.close()
     return wd, model
+
+
+# Exact SigLIP shape at the tiny config's sizes (exports to transformers.SiglipModel): both widths == embed_dim.
+SIGLIP_OVERRIDES = ["model.image.pool=map", "model.image.head=none", "model.text.pool=last",
+                    "model.text.mask_pad=False", "model.temperature_max=inf", "loss.kind=sigmoid",
+                    "model.embed_dim=64"]
+
+
+@pytest.fixture(scope="session")
+def trained_workdir(bundled_records, tmp_path_factory) -> str:
+    """A real `exif-jax train` run: 4 steps of configs/tiny.py (SigLIP-shaped) on the bundled photos."""
+    from exif_jax import train
+
+    wd = tmp_path_factory.mktemp("siglip_run")
+    overrides = SIGLIP_OVERRIDES + [f"data.train_dir={bundled_records}", "train.steps=4", "train.ckpt_every=2",
+                                    "train.log_every=2", "optim.warmup_steps=1"]
+    assert train.main(str(REPO / "configs" / "tiny.py"), str(wd), overrides, distributed="off") == 0
+    return str(wd)

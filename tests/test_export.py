@@ -18,6 +18,7 @@ from flax import nnx
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from conftest import SIGLIP_OVERRIDES  # noqa: E402
 from exif_jax import cli, exif, train  # noqa: E402
 from exif_jax.data import pipeline  # noqa: E402
 from exif_jax.export import hf, parity, timm  # noqa: E402
@@ -29,8 +30,7 @@ PHOTOS = sorted(glob.glob(str(REPO / "exif_jax" / "assets" / "photos" / "*.jpg")
 SHARED = REPO.parent / "shared" / "data"
 TOL = 1e-4
 # Exact SigLIP (the model author's settings) at the tiny config's sizes: both widths == embed_dim == 64.
-SIGLIP = ["model.image.pool=map", "model.image.head=none", "model.text.pool=last", "model.text.mask_pad=False",
-          "model.temperature_max=inf", "loss.kind=sigmoid", "model.embed_dim=64"]
+SIGLIP = SIGLIP_OVERRIDES
 SHORT_TAGS = ("Make", "Model", "Exposure Time", "F-Number")  # real texts short enough to be padded
 
 
@@ -80,15 +80,11 @@ def assert_parity(model, config, out_dir: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def trained(bundled_records, tmp_path_factory):
-    """(workdir, export dir): 4 training steps of exact SigLIP on the bundled photos, exported as 'all'."""
-    wd = tmp_path_factory.mktemp("siglip_run")
-    overrides = SIGLIP + [f"data.train_dir={bundled_records}", "train.steps=4", "train.ckpt_every=2",
-                          "train.log_every=2", "optim.warmup_steps=1"]
-    assert train.main(CONFIG, str(wd), overrides, distributed="off") == 0
+def trained(trained_workdir, tmp_path_factory):
+    """(workdir, export dir): conftest's 4-step exact-SigLIP run on the bundled photos, exported as 'all'."""
     out = tmp_path_factory.mktemp("siglip_export")
-    assert cli.main(["export", "--checkpoint", str(wd), "--out", str(out), "--format", "all"]) == 0
-    return str(wd), str(out)
+    assert cli.main(["export", "--checkpoint", trained_workdir, "--out", str(out), "--format", "all"]) == 0
+    return trained_workdir, str(out)
 
 
 def test_trained_checkpoint_matches_in_transformers(trained):

@@ -93,8 +93,8 @@ def test_load_for_inference(tiny_workdir):
     np.testing.assert_allclose(got, _embed_ref(loaded, crops), atol=2e-2)
 
 
-def test_cli_localize_with_bad_files(tiny_workdir, tmp_path, capsys):
-    wd, _ = tiny_workdir
+def test_cli_localize_with_bad_files(trained_workdir, tmp_path, capsys):
+    wd = trained_workdir  # a really trained (4-step) checkpoint
     small = tmp_path / "small.png"
     Image.fromarray(np.zeros((20, 40, 3), np.uint8)).save(small)
     broken = tmp_path / "broken.jpg"
