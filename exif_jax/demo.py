@@ -100,7 +100,7 @@ def train(workdir: Path, data_dir: Path, steps: int) -> dict:
     rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
     first, last = rows[0], rows[-1]
     print(f"    loss {first['loss']:.3f} -> {last['loss']:.3f}; in-batch crop->EXIF top-1 "
-          f"{first.get('i2t_acc', float('nan')):.2f} -> {last.get('i2t_acc', float('nan')):.2f} "
+          f"{first['i2t_top1']:.2f} -> {last['i2t_top1']:.2f} "
           f"over {len(rows)} steps; TensorBoard events in {workdir / 'tb'}")
     return {"first": first, "last": last}
 
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True)
     from exif_jax.config import load_config
     config = load_config(str(DEMO_CONFIG))
-    steps, n_splices = (60, 4) if args.quick else (int(config.train.steps), 12)
+    steps, n_splices = (60, 4) if args.quick else (int(config.train.steps), 24)
 
     st = Stages(7)
     st.start(f"EXIF -> text for {len(list(PHOTOS.glob('*.jpg')))} bundled photos; camera-held-out split")
