@@ -13,22 +13,15 @@ Measured (docs/experiments/camera_heldout: 109 photos of the train cameras, 2 co
 image->EXIF top-1 from ~0.14 to ~0.7 (last 50 steps; chance ~1/8: 8 photos x 8 crops a batch).
 Checkpoints every 250 steps in /tmp/exif_small/run/ckpt; rerun the same command to resume.
 """
-import importlib.util
 import os
 
 import ml_collections
 
-
-def _tiny() -> ml_collections.ConfigDict:
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny.py")
-    spec = importlib.util.spec_from_file_location("_exif_jax_tiny_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from exif_jax.config import load_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-    c = _tiny()
+    c = load_config(os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny.py"))  # the base schema
     c.tokenizer.max_len = 128     # the EXIF text is ~109 sentencepiece tokens on average (max 171 here)
 
     c.data.crop_size = 64

@@ -44,7 +44,6 @@ def export(checkpoint: str, out_dir: str, fmt: str = "all", *, step: int | None 
     """Export a workdir's checkpoint (newest, or `step`) in `fmt`; returns what was written."""
     from exif_jax import checkpoint as ckpt
     from exif_jax.export import hf, timm
-    from exif_jax.tokenizer import Tokenizer
 
     if fmt not in FORMATS:
         raise ValueError(f"--format must be one of {FORMATS}, got {fmt!r}")
@@ -55,8 +54,7 @@ def export(checkpoint: str, out_dir: str, fmt: str = "all", *, step: int | None 
         timm.timm_spec(config)
     tok_path = tokenizer_path(config)
     config.model.dtype = "float32"  # parameters are exported as stored; compute dtype is irrelevant here
-    vocab = int(config.model.text.get("vocab_size", 0) or 0) or Tokenizer(tok_path).vocab_size
-    model, got_step = ckpt.load_model(config, ckpt_dir, step, vocab_size=vocab)
+    model, got_step = ckpt.load_model(config, ckpt_dir, step)  # vocab size: tokenizer.vocab_size_of(config)
     result: dict[str, Any] = {"step": got_step, "out": os.path.abspath(out_dir)}
     if fmt in ("hf", "all"):
         result["hf"] = hf.export_hf(model, config, out_dir, tokenizer_model=tok_path)
