@@ -1,9 +1,11 @@
-"""timm parity of `exif-jax export --format timm`: timm's own VisionTransformer loads the .npz and must give the
-JAX image tower's output (f32) within 1e-4 on crops of the bundled photos. Needs an environment where timm
-imports (not this CPU venv: torchvision breaks beside torch 2.13.0+cpu), e.g. a GPU machine with CUDA
-torch + torchvision + timm, plus this package's JAX requirements.
+"""timm parity of `exif-jax export --format timm`: timm's own VisionTransformer loads the .npz (ResNet: timm's
+ResNet loads the .safetensors) and must give the JAX image tower's output (f32) within 1e-4 on crops of the
+bundled photos. Needs an environment where timm imports: not the project's venv (torchvision breaks beside
+torch 2.13.0+cpu), but a second one works on the CPU:
+  python -m venv /tmp/tv && . /tmp/tv/bin/activate
+  pip install torch==2.14.1 torchvision==0.29.1 timm==1.0.31 && pip install -e .
 
-  python benchmarks/timm_parity.py                    # random SigLIP-shaped towers, pools map / avg+head / cls
+  python benchmarks/timm_parity.py                    # random towers: ViT pools map / avg+head / cls, ResNets
   python benchmarks/timm_parity.py --workdir WD       # also a trained workdir (`exif-jax train` output)
 
 Prints one line per case (max |diff|) and exits 1 when any case exceeds the tolerance.
@@ -26,7 +28,10 @@ SIGLIP = ["model.image.pool=map", "model.image.head=none", "model.text.pool=last
           "model.temperature_max=inf", "loss.kind=sigmoid", "model.embed_dim=64"]
 CASES = {"map": SIGLIP,
          "avg+head": SIGLIP + ["model.image.pool=avg", "model.image.head=linear", "model.embed_dim=32"],
-         "cls": SIGLIP + ["model.image.pool=cls"]}
+         "cls": SIGLIP + ["model.image.pool=cls"],
+         "rn-tiny": ["model.image.kind=resnet", "model.image.variant=tiny", "model.image.width=64"],
+         "rn50": ["model.image.kind=resnet", "model.image.variant=50", "model.image.head=none",
+                  "model.embed_dim=2048"]}
 
 
 def crops(size: int) -> np.ndarray:
@@ -48,17 +53,37 @@ def compare(model, config, name: str, out_dir: str) -> float:
     from exif_jax.export import timm as timm_export
 
     result = timm_export.export_timm(model, config, out_dir)
-    vit = VisionTransformer(**result["kwargs"]).eval()
-    vit.load_pretrained(result["npz"])
+    if result.get("block") == "Bottleneck":
+        import timm
+        from timm.models.resnet import Bottleneck, ResNet
+
+        vit = ResNet(block=Bottleneck, **result["kwargs"]).eval()
+        timm.models.load_checkpoint(vit, result["npz"])  # strict: every key must match
+    else:
+        vit = VisionTransformer(**result["kwargs"]).eval()
+        vit.load_pretrained(result["npz"])
     x = crops(int(config.model.image.size))
+    model.eval()  # BatchNorm: running statistics, as timm's eval()
     want = np.asarray(nnx.jit(lambda m, a: m.image(a))(model, x))
     pixels = (x.astype(np.float32) / 255 - np.asarray(result["mean"])) / np.asarray(result["std"])
     with torch.no_grad():
         got = vit(torch.from_numpy(pixels.transpose(0, 3, 1, 2).astype(np.float32))).numpy()
     diff = float(np.abs(got - want).max())
-    print(f"{name:>10}: timm {result['model_name'] or 'VisionTransformer'} {tuple(got.shape)} "
+    print(f"{name:>10}: timm {result['model_name'] or type(vit).__name__} {tuple(got.shape)} "
           f"max |diff| {diff:.2e} (output std {want.std():.3f}) {'OK' if diff <= TOL else 'FAIL'}")
     return diff
+
+
+def randomize_batch_stats(model) -> None:
+    """Fresh BatchNorm statistics are mean 0 / var 1, which a swapped or dropped statistic would still match."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    rng = np.random.default_rng(1)
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.BatchStat)):
+        shape = var[...].shape
+        var[...] = jnp.asarray(rng.uniform(0.5, 2.0, shape) if path[-1] == "var" else rng.normal(0, 0.2, shape),
+                               jnp.float32)
 
 
 def main() -> int:
@@ -83,6 +108,7 @@ def main() -> int:
             config = train.load_config(str(REPO / "configs" / "tiny.py"), overrides)
             config.model.dtype = "float32"
             model = towers.create_model(config, Tokenizer().vocab_size, nnx.Rngs(0))
+            randomize_batch_stats(model)
             worst = max(worst, compare(model, config, name, os.path.join(tmp, name)))
         if args.workdir:
             config, ckpt_dir = read_workdir(args.workdir)

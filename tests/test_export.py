@@ -125,7 +125,7 @@ def test_variant_mask_pad_identity_head_infonce_clipped_temperature(tmp_path):
 
 @pytest.mark.parametrize("option,value", [("model.image.pool", "avg"), ("model.image.head", "linear"),
                                           ("model.text.pool", "eos"), ("model.text.pool", "mean"),
-                                          ("model.text.causal", "True"), ("model.image.kind", "resnet")])
+                                          ("model.text.causal", "True")])
 def test_unexportable_options_are_refused_by_name(option, value, tmp_path, capsys):
     config = load_config(SIGLIP + [f"{option}={value}"])
     with pytest.raises(hf.NotExportable, match=option.replace(".", r"\.")):
@@ -137,6 +137,64 @@ def test_unexportable_options_are_refused_by_name(option, value, tmp_path, capsy
     err = capsys.readouterr().err
     assert rc == 2 and f"{option}=" in err and value in err, err
     assert not (tmp_path / "o").exists()
+
+
+RESNET = ["model.image.kind=resnet", "model.image.variant=tiny", "model.image.width=8"]
+
+
+def randomize_batch_stats(model, seed: int = 0) -> None:
+    """Trained-looking BatchNorm statistics: fresh ones (mean 0, var 1) would hide a dropped or swapped one."""
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(seed)
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.BatchStat)):
+        shape = var[...].shape
+        var[...] = jnp.asarray(rng.uniform(0.5, 2.0, shape) if path[-1] == "var" else rng.normal(0, 0.2, shape),
+                               jnp.float32)
+
+
+@pytest.mark.parametrize("extra", [
+    ["model.text.pool=mean"],  # tiny's text tower: masked pads, mean-pooled, Linear head; InfoNCE
+    SIGLIP + ["model.image.head=linear", "model.image.head_bias=False"],  # last-pooled SigLIP text, sigmoid
+], ids=["mean-text", "siglip-text"])
+def test_resnet_towers_match_in_transformers(extra, tmp_path):
+    """ResNet image towers: ResNetForImageClassification (logits = embedding) + SiglipTextModel, pooled and
+    scaled as dual_encoder.json says, give the JAX embeddings and logits."""
+    from exif_jax.export import hf_towers
+
+    model, config = random_model(RESNET + extra, seed=2)
+    randomize_batch_stats(model)
+    with pytest.raises(hf.NotExportable, match=r"model\.image\.kind='resnet'"):
+        hf.check_siglip_exportable(config)
+    hf_towers.export_towers(model, config, str(tmp_path), tokenizer_model=str(BUNDLED_MODEL))
+    assert sorted(os.listdir(tmp_path)) == ["dual_encoder.json", "image", "text"]
+    cfg = json.loads(Path(tmp_path, "image", "config.json").read_text())
+    assert cfg["architectures"] == ["ResNetForImageClassification"] and cfg["depths"] == [1, 1, 1, 1]
+    assert_parity(model, config, str(tmp_path))
+    # The statistics BatchNorm uses at inference are the exported ones (not train-mode batch statistics).
+    r = parity.hf_parity(model, config, str(tmp_path), crops_of(32)[:4], texts_of(config)[:2])
+    assert r["image_max_abs"] <= TOL
+
+
+@pytest.mark.parametrize("option,value", [("model.text.pool", "eos"), ("model.text.causal", "True"),
+                                          ("model.text.kind", "distilbert")])
+def test_unexportable_resnet_options_are_refused_by_name(option, value, tmp_path, capsys):
+    config = load_config(RESNET + [f"{option}={value}"])  # distilbert: with tiny's Linear text head
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "config.json").write_text(config.to_json())
+    rc = cli.main(["export", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "o"), "--format", "hf"])
+    err = capsys.readouterr().err
+    want = "model.text.head='linear'" if value == "distilbert" else f"{option}="
+    assert rc == 2 and want in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_timm_resnet_needs_timms_64_channel_stem():
+    with pytest.raises(ValueError, match=r"model\.image\.width=8"):
+        timm.timm_spec(load_config(RESNET))
+    spec = timm.timm_spec(load_config(["model.image.kind=resnet", "model.image.variant=50"]))
+    assert spec["model_name"] == "resnet50" and spec["kwargs"] == {"layers": [3, 4, 6, 3], "num_classes": 32}  # tiny embed_dim
+    assert "timm.models.load_checkpoint(model, 'w.safetensors')" in timm.usage(spec, "w.safetensors")
 
 
 def test_tokenizer_ids_identical(trained):

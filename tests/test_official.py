@@ -310,6 +310,48 @@ def test_localize_runs_on_imported_checkpoint(official, tmp_path):
     assert heat.shape == (130, 150) and np.isfinite(heat).all()
 
 
+def test_export_puts_the_paper_weights_back_into_stock_torch_classes(official, tmp_path):
+    """Imported, then `exif-jax export --format all`: transformers' ResNetForImageClassification + DistilBertModel
+    reproduce the JAX towers (and the original torch image tower), and the timm file is the paper's own
+    torchvision-named tensors, bit for bit."""
+    from safetensors.numpy import load_file
+
+    from exif_jax.eval.localize import load_for_inference
+    from exif_jax.export import parity
+
+    out = tmp_path / "export"
+    assert cli.main(["export", "--checkpoint", str(official["out"]), "--out", str(out), "--format", "all"]) == 0
+    man = json.loads((out / "dual_encoder.json").read_text())
+    assert (man["image"]["class"], man["text"]["class"], man["text"]["pool"]) == (
+        "ResNetForImageClassification", "DistilBertModel", "mean")
+    assert math.isclose(math.exp(man["logit_scale"]), math.exp(LOGIT_SCALE), rel_tol=1e-6)
+
+    got = load_file(str(out / "resnet_timm.safetensors"))
+    want = {k.removeprefix("model.visual."): v.numpy() for k, v in official["sd"].items()
+            if k.startswith("model.visual.")}
+    assert set(got) == set(want)
+    for k, v in want.items():
+        if not k.endswith("num_batches_tracked"):  # a counter torch keeps; the export writes 0
+            np.testing.assert_array_equal(got[k], v, err_msg=k)
+
+    model, config = load_for_inference(str(official["out"]))
+    crops, texts = _crops(4), _exif_texts("official")
+    r = parity.hf_parity(model, config, str(out), crops, texts)
+    assert not any(r["loading_info"].values()), r["loading_info"]
+    assert r["ids_identical"] and r["attention_mask"] and r["pixels_max_abs"] <= 1e-6
+    # Unit embeddings agree to 1e-4; logits are those cosines times exp(logit_scale) ~ 99.
+    assert r["image_max_abs"] <= 1e-4 and r["text_max_abs"] <= 1e-4, r
+    assert r["logits_max_abs"] <= 1e-4 * math.exp(LOGIT_SCALE), r
+    # Random towers embed different inputs close together: the agreement must still be far finer than that.
+    assert r["image_spread"] > 100 * r["image_max_abs"] and r["text_spread"] > 100 * r["text_max_abs"], r
+    image = transformers.ResNetForImageClassification.from_pretrained(str(out / "image")).eval()
+    pixels = transformers.AutoImageProcessor.from_pretrained(str(out / "image"))(
+        list(crops), return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        np.testing.assert_allclose(image(pixel_values=pixels).logits.numpy(), _torch_image(official["visual"], crops),
+                                   atol=1e-4, rtol=0)
+
+
 # ------------------------------------------------------------------------------- bad files
 
 def _import_fails(official, tmp_path, obj, *patterns, save=torch.save) -> str:

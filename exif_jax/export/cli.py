@@ -43,13 +43,14 @@ def tokenizer_path(config: ml_collections.ConfigDict) -> str:
 def export(checkpoint: str, out_dir: str, fmt: str = "all", *, step: int | None = None) -> dict[str, Any]:
     """Export a workdir's checkpoint (newest, or `step`) in `fmt`; returns what was written."""
     from exif_jax import checkpoint as ckpt
-    from exif_jax.export import hf, timm
+    from exif_jax.export import hf, hf_towers, timm
 
     if fmt not in FORMATS:
         raise ValueError(f"--format must be one of {FORMATS}, got {fmt!r}")
     config, ckpt_dir = read_workdir(checkpoint)
+    per_tower = config.model.image.get("kind", "vit") == "resnet"  # no stock dual encoder hosts a ResNet
     if fmt in ("hf", "all"):  # fail before the restore
-        hf.check_siglip_exportable(config)
+        (hf_towers.check_towers_exportable if per_tower else hf.check_siglip_exportable)(config)
     if fmt in ("timm", "all"):
         timm.timm_spec(config)
     tok_path = tokenizer_path(config)
@@ -57,7 +58,8 @@ def export(checkpoint: str, out_dir: str, fmt: str = "all", *, step: int | None 
     model, got_step = ckpt.load_model(config, ckpt_dir, step)  # vocab size: tokenizer.vocab_size_of(config)
     result: dict[str, Any] = {"step": got_step, "out": os.path.abspath(out_dir)}
     if fmt in ("hf", "all"):
-        result["hf"] = hf.export_hf(model, config, out_dir, tokenizer_model=tok_path)
+        write = hf_towers.export_towers if per_tower else hf.export_hf
+        result["hf"] = write(model, config, out_dir, tokenizer_model=tok_path)
     if fmt in ("timm", "all"):
         result["timm"] = timm.export_timm(model, config, out_dir)
     return result
@@ -68,7 +70,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="training workdir (config.json + ckpt/)")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--format", choices=FORMATS, default="all",
-                        help="hf: transformers SiglipModel dir; timm: big_vision .npz of the ViT; all: both")
+                        help="hf: transformers SiglipModel dir (ResNet towers: ResNetForImageClassification + a "
+                             "text model); timm: big_vision .npz of the ViT; all: both")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
 
 
@@ -84,7 +87,12 @@ def cli_main(args: argparse.Namespace) -> int:
         print(f"exif-jax export: {e}", file=sys.stderr)
         return 2
     print(f"exported step {result['step']} to {result['out']}")
-    if "hf" in result:
+    if "hf" in result and "image_class" in result["hf"]:
+        h, out = result["hf"], result["out"]
+        print(f"transformers: {h['image_class']}.from_pretrained({out + '/image'!r}) (logits = image embedding), "
+              f"{h['text_class']}.from_pretrained({out + '/text'!r}) + AutoTokenizer from it; pooling and "
+              f"logit scale in {out + '/dual_encoder.json'!r}; crops {h['crop_size']}px at native resolution")
+    elif "hf" in result:
         print(f"transformers: SiglipModel.from_pretrained({result['out']!r}), "
               f"AutoTokenizer / SiglipProcessor from the same dir; crops {result['hf']['crop_size']}px "
               "at native resolution (no resizing), texts padded to max_length")

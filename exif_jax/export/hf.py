@@ -107,20 +107,10 @@ def _map_head(flat: dict[str, np.ndarray], src: str, dst: str, out: dict[str, np
     _linear(flat, f"{src}/MlpBlock_0/Dense_1", f"{dst}.mlp.fc2", out)
 
 
-def siglip_state_dict(model: Any, config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
-    """SiglipModel state_dict (NumPy float32) from the DualTower; every parameter is used exactly once."""
-    check_siglip_exportable(config)
-    flat = flat_params(model)
+def siglip_text_state_dict(model: Any, flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """SiglipTextModel's `text_model.*` tensors, popped from `flat` (our '/'-joined text/... parameters)."""
     out: dict[str, np.ndarray] = {}
-    v, t = "vision_model", "text_model"
-    kernel = flat.pop("image/embedding/kernel")  # [p, p, 3, D] HWIO -> OIHW
-    out[f"{v}.embeddings.patch_embedding.weight"] = np.ascontiguousarray(kernel.transpose(3, 2, 0, 1))
-    out[f"{v}.embeddings.patch_embedding.bias"] = flat.pop("image/embedding/bias")
-    out[f"{v}.embeddings.position_embedding.weight"] = flat.pop("image/pos_embedding")[0]
-    _encoder(flat, "image/Transformer", f"{v}.encoder", model.image.Transformer.depth, out)
-    _norm(flat, "image/Transformer/encoder_norm", f"{v}.post_layernorm", out)
-    _map_head(flat, "image/MAPHead_0", f"{v}.head", out)
-
+    t = "text_model"
     out[f"{t}.embeddings.token_embedding.weight"] = flat.pop("text/Embed_0/embedding")
     out[f"{t}.embeddings.position_embedding.weight"] = flat.pop("text/pos_embedding")[0]
     _encoder(flat, "text/Encoder_0", f"{t}.encoder", model.text.Encoder_0.depth, out)
@@ -133,6 +123,24 @@ def siglip_state_dict(model: Any, config: ml_collections.ConfigDict) -> dict[str
     else:  # head="none": SiglipTextModel always has a head, so an exact identity
         out[f"{t}.head.weight"] = np.eye(width, dtype=np.float32)
         out[f"{t}.head.bias"] = np.zeros((width,), np.float32)
+    return out
+
+
+def siglip_state_dict(model: Any, config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
+    """SiglipModel state_dict (NumPy float32) from the DualTower; every parameter is used exactly once."""
+    check_siglip_exportable(config)
+    flat = flat_params(model)
+    out: dict[str, np.ndarray] = {}
+    v = "vision_model"
+    kernel = flat.pop("image/embedding/kernel")  # [p, p, 3, D] HWIO -> OIHW
+    out[f"{v}.embeddings.patch_embedding.weight"] = np.ascontiguousarray(kernel.transpose(3, 2, 0, 1))
+    out[f"{v}.embeddings.patch_embedding.bias"] = flat.pop("image/embedding/bias")
+    out[f"{v}.embeddings.position_embedding.weight"] = flat.pop("image/pos_embedding")[0]
+    _encoder(flat, "image/Transformer", f"{v}.encoder", model.image.Transformer.depth, out)
+    _norm(flat, "image/Transformer/encoder_norm", f"{v}.post_layernorm", out)
+    _map_head(flat, "image/MAPHead_0", f"{v}.head", out)
+
+    out.update(siglip_text_state_dict(model, flat))
 
     out["logit_scale"] = np.asarray([log_logit_scale(model)], np.float32)
     bias = model.logit_bias()
@@ -146,6 +154,17 @@ def siglip_state_dict(model: Any, config: ml_collections.ConfigDict) -> dict[str
 
 # ----------------------------------------------------------------------------- config, tokenizer, processor
 
+def siglip_text_config(config: ml_collections.ConfigDict, vocab_size: int) -> dict[str, Any]:
+    """SiglipTextConfig fields of our text transformer (the head maps width -> embed_dim, or is the identity)."""
+    txt = config.model.text
+    head = txt.get("head", "linear") == "linear"
+    return dict(vocab_size=int(vocab_size), hidden_size=int(txt.width), intermediate_size=int(txt.mlp_dim),
+                num_hidden_layers=int(txt.depth), num_attention_heads=int(txt.heads),
+                max_position_embeddings=int(txt.max_len), hidden_act=HIDDEN_ACT, layer_norm_eps=LN_EPS,
+                pad_token_id=int(txt.get("pad_id", 0)), eos_token_id=int(txt.get("eos_id", 1)),
+                bos_token_id=None, projection_size=int(config.model.embed_dim) if head else int(txt.width))
+
+
 def siglip_config(model: Any, config: ml_collections.ConfigDict, vocab_size: int) -> Any:
     """transformers.SiglipConfig describing the two towers (sizes read from the config and the model)."""
     from transformers import SiglipConfig
@@ -154,13 +173,8 @@ def siglip_config(model: Any, config: ml_collections.ConfigDict, vocab_size: int
 
     m = config.model
     s = towers.vit_sizes(m.image)
-    txt = m.text
     cfg = SiglipConfig(
-        text_config=dict(vocab_size=int(vocab_size), hidden_size=int(txt.width), intermediate_size=int(txt.mlp_dim),
-                         num_hidden_layers=int(txt.depth), num_attention_heads=int(txt.heads),
-                         max_position_embeddings=int(txt.max_len), hidden_act=HIDDEN_ACT, layer_norm_eps=LN_EPS,
-                         pad_token_id=int(txt.get("pad_id", 0)), eos_token_id=int(txt.get("eos_id", 1)),
-                         bos_token_id=None, projection_size=int(m.embed_dim)),
+        text_config=siglip_text_config(config, vocab_size),
         vision_config=dict(hidden_size=int(s["width"]), intermediate_size=int(s["mlp_dim"]),
                            num_hidden_layers=int(s["depth"]), num_attention_heads=int(s["heads"]), num_channels=3,
                            image_size=int(m.image.size), patch_size=int(s["patch"]), hidden_act=HIDDEN_ACT,

@@ -11,6 +11,10 @@ Which timm model reproduces our image tower (computation as in vit.py):
 always with act_layer='gelu_tanh' (timm's SigLIP entries default to exact GELU; ours is the tanh form),
 qkv_bias=True, LayerNorm eps 1e-6 (timm's default) and num_classes = embed_dim when model.image.head='linear'
 (else 0). timm takes float input: normalize uint8 crops with the exported mean/std first.
+
+A ResNet image tower is written as OUT/resnet_timm.safetensors under torchvision's names, which are timm's:
+`timm.create_model('resnet50', num_classes=E)` (or `ResNet(block=Bottleneck, layers=..., channels=...,
+stem_width=...)` for other widths) then `timm.models.load_checkpoint(model, path)`.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ import ml_collections
 import numpy as np
 
 NPZ_NAME = "vit_big_vision.npz"
+RESNET_NAME = "resnet_timm.safetensors"
 TIMM_JSON = "timm_config.json"
 # Registered timm SigLIP names per (variant, patch): their default resolution is overridden with img_size.
 _TIMM_SIGLIP = {("B", 16): ("base", 224), ("B", 32): ("base", 256), ("L", 16): ("large", 256),
@@ -84,9 +89,10 @@ def timm_spec(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
     m = config.model
     img = m.image
+    if img.kind == "resnet":
+        return _resnet_spec(config)
     if img.kind != "vit":
-        raise ValueError(f"--format timm exports a ViT image tower; model.image.kind={img.kind!r} "
-                         "(a ResNet tower has no timm export here)")
+        raise ValueError(f"--format timm exports a ViT or ResNet image tower; model.image.kind={img.kind!r}")
     pool = img.get("pool", "avg")
     s = towers.vit_sizes(img)
     head = img.get("head", "linear")
@@ -112,8 +118,35 @@ def timm_spec(config: ml_collections.ConfigDict) -> dict[str, Any]:
             "std": [float(v) for v in img.get("std", (0.5,) * 3)]}
 
 
+def _resnet_spec(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """timm.models.resnet.ResNet kwargs (block=Bottleneck) of our torchvision-layout ResNet."""
+    from exif_jax.models import resnet, towers
+
+    img = config.model.image
+    variant, width = towers.resnet_sizes(img)
+    if width != 64:  # timm's plain stem is 64 channels whatever `channels` says
+        raise ValueError(f"model.image.width={width}: timm's ResNet has a 64-channel stem, so only width 64 "
+                         "exports to timm")
+    head = img.get("head", "linear") == "linear"
+    kwargs = dict(layers=list(resnet.stages_for(variant)), num_classes=int(config.model.embed_dim) if head else 0)
+    return {"model_name": f"resnet{variant}" if variant != "tiny" else None, "kwargs": kwargs,
+            "block": "Bottleneck",
+            "mean": [float(v) for v in img.get("mean", (0.5,) * 3)],
+            "std": [float(v) for v in img.get("std", (0.5,) * 3)]}
+
+
 def usage(spec: dict[str, Any], npz_path: str) -> str:
-    """The Python lines that build the timm model and load the .npz."""
+    """The Python lines that build the timm model and load the exported file."""
+    if spec.get("block") == "Bottleneck":
+        kw = ", ".join(f"{k}={v!r}" for k, v in spec["kwargs"].items())
+        lines = ["import timm", "from timm.models.resnet import Bottleneck, ResNet",
+                 f"model = ResNet(block=Bottleneck, {kw})"]
+        if spec["model_name"]:
+            lines.append(f"# or: timm.create_model({spec['model_name']!r}, "
+                         f"num_classes={spec['kwargs']['num_classes']})")
+        lines.append(f"timm.models.load_checkpoint(model, {npz_path!r})")
+        lines.append(f"# input: float NCHW, (uint8 / 255 - mean) / std with mean={spec['mean']} std={spec['std']}")
+        return "\n".join(lines)
     kw = ", ".join(f"{k}={v!r}" for k, v in spec["kwargs"].items())
     lines = ["import timm", "from timm.models.vision_transformer import VisionTransformer",
              f"model = VisionTransformer({kw})"]
@@ -128,8 +161,22 @@ def usage(spec: dict[str, Any], npz_path: str) -> str:
 
 
 def export_timm(model: Any, config: ml_collections.ConfigDict, out_dir: str) -> dict[str, Any]:
-    """Write OUT/vit_big_vision.npz and OUT/timm_config.json; returns the spec plus the npz path."""
+    """Write OUT/vit_big_vision.npz (ViT) or OUT/resnet_timm.safetensors (ResNet) and OUT/timm_config.json;
+    returns the spec plus the weights' path (under "npz" for both)."""
     spec = timm_spec(config)
+    if spec.get("block") == "Bottleneck":
+        from safetensors.numpy import save_file
+
+        from exif_jax.export.hf_towers import torchvision_state_dict
+
+        os.makedirs(out_dir, exist_ok=True)
+        path = os.path.join(out_dir, RESNET_NAME)
+        save_file(torchvision_state_dict(model), path, metadata={"format": "pt"})
+        os.chmod(path, 0o644)
+        spec = dict(spec, npz=RESNET_NAME)
+        with open(os.path.join(out_dir, TIMM_JSON), "w") as f:
+            json.dump(spec, f, indent=2)
+        return dict(spec, npz=path, usage=usage(spec, path))
     tree = big_vision_tree(model)
     if spec["kwargs"]["num_classes"] and "params/img/head/bias" not in tree:
         # timm loads the head only when head/bias exists; a bias-free head is a zero bias.
