@@ -8,6 +8,9 @@ Inputs are random and already on the device; each step is timed to completion; m
 Run:
   .venv/bin/python benchmarks/train_step.py --config configs/vit_b16.py            # GPU/TPU: ours + peer
   JAX_PLATFORMS=cpu .venv/bin/python benchmarks/train_step.py --config configs/cpu_small.py --steps 10
+  # the peer on the CPU (needs timm: the second venv of benchmarks/timm_parity.py), f32 on both sides:
+  JAX_PLATFORMS=cpu python benchmarks/train_step.py --config configs/vit_b16.py --peer on --steps 5 \
+      --warmup 2 data.global_batch_size=32 model.dtype=float32
 MFU is against the device's dense bf16 peak (exif_jax.metrics_writer.PEAK_FLOPS); on CPU against a
 measured GEMM in the compute dtype on one device (so it reads "fraction of what a big matmul reaches").
 """
@@ -74,13 +77,16 @@ def bench_ours(config, steps: int, warmup: int, vocab_size: int) -> dict[str, fl
             "peak_name": peak_name}
 
 
-def bench_torch_peer(batch: int, crop: int, length: int, steps: int, warmup: int) -> dict[str, float]:
-    """The PyTorch peer (GPU only): timm ViT-B/16 at `crop` + 6-layer width-512 text, InfoNCE, AdamW, bf16, compile."""
+def bench_torch_peer(batch: int, crop: int, length: int, steps: int, warmup: int,
+                     dtype: str = "bfloat16") -> dict[str, float]:
+    """The PyTorch peer: timm ViT-B/16 at `crop` + 6-layer width-512 text, InfoNCE, AdamW, autocast to `dtype`
+    (none for float32), torch.compile; on the GPU when torch sees one, else on the CPU."""
     import timm
     import torch
     import torch.nn.functional as F
 
-    dev = torch.device("cuda")
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    autocast = dtype != "float32"
 
     class Text(torch.nn.Module):
         def __init__(self, vocab=1000, width=512, depth=6, heads=8, out=512):
@@ -109,14 +115,15 @@ def bench_torch_peer(batch: int, crop: int, length: int, steps: int, warmup: int
                     self.t.exp().clamp(max=100))
 
     model = Dual().to(dev)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), weight_decay=0.2, fused=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), weight_decay=0.2,
+                            fused=dev.type == "cuda")
     images = torch.randint(0, 256, (batch, 3, crop, crop), dtype=torch.uint8, device=dev)
     tokens = torch.randint(3, 1000, (batch, length), device=dev)
     labels = torch.arange(batch, device=dev)
 
     @torch.compile
     def loss_fn(images, tokens):
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(dev.type, dtype=getattr(torch, dtype), enabled=autocast):
             x = (images.float() / 127.5 - 1.0)  # the same uint8 -> [-1, 1] normalization as ours, on device
             img, txt, scale = model(x, tokens)
             logits = scale * img.float() @ txt.float().T
@@ -128,10 +135,14 @@ def bench_torch_peer(batch: int, crop: int, length: int, steps: int, warmup: int
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        torch.cuda.synchronize()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        else:
+            loss.item()
 
     sec = median_step_seconds(one, steps, warmup)
-    return {"sec": sec, "img_s": batch / sec}
+    name = torch.cuda.get_device_name() if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    return {"sec": sec, "img_s": batch / sec, "device": name, "torch": torch.__version__}
 
 
 def main() -> None:
@@ -142,7 +153,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--vocab-size", type=int, default=1000)
     p.add_argument("--peer", choices=("auto", "on", "off"), default="auto",
-                   help="time the PyTorch peer (auto: when a GPU is jax's backend)")
+                   help="time the PyTorch peer (auto: when a GPU is jax's backend; on: also on the CPU)")
     p.add_argument("overrides", nargs="*", help="config overrides a.b=v (e.g. data.global_batch_size=512)")
     args = p.parse_args()
 
@@ -160,16 +171,18 @@ def main() -> None:
           f"{ours['img_s']:,.1f} | {ours['mfu']:.3f} |")
     want_peer = args.peer == "on" or (args.peer == "auto" and dev.platform == "gpu")
     if not want_peer:
-        print("\nPyTorch peer: not run (it needs a CUDA GPU with torch + timm; this backend is "
-              f"{dev.platform}).")
+        print("\nPyTorch peer: not run (auto runs it on a GPU; --peer on runs it on this backend too, "
+              f"where timm imports; this backend is {dev.platform}).")
         return
-    peer = bench_torch_peer(b, crop, length, args.steps, args.warmup)
+    peer = bench_torch_peer(b, crop, length, args.steps, args.warmup, str(config.model.dtype))
     peak = ours["peak"] * jax.device_count()
     peer_mfu = peer["img_s"] * gflop * 1e9 / peak if np.isfinite(peak) else float("nan")
-    print(f"| PyTorch peer (timm + torch.compile, bf16 autocast, 1 GPU) | {peer['sec']:.4f} | "
+    cast = "no autocast" if config.model.dtype == "float32" else f"{config.model.dtype} autocast"
+    print(f"| PyTorch peer (torch {peer['torch']}, timm + torch.compile, {cast}; {peer['device']}) | "
+          f"{peer['sec']:.4f} | "
           f"{peer['img_s']:,.1f} | {peer_mfu:.3f} |")
     print(f"\nratio exif-jax / PyTorch: {ours['img_s'] / peer['img_s']:.2f}x "
-          f"(same card, same run{'; ours on ' + str(jax.device_count()) + ' devices' if jax.device_count() > 1 else ''})")
+          f"(same device, same run{'; ours on ' + str(jax.device_count()) + ' devices' if jax.device_count() > 1 else ''})")
 
 
 if __name__ == "__main__":

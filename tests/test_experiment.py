@@ -50,3 +50,15 @@ def test_committed_split_matches_the_shared_index():
                                      committed["salt"])
     assert {k: committed[k] for k in fresh} == fresh
     assert not set(fresh["train_cameras"]) & set(fresh["test_cameras"])
+
+
+def test_report_says_which_texts_the_tokenizer_saw():
+    from exif_jax.experiment_report import tokenizer_line
+
+    timings = {"stages": [
+        {"name": "build-data-train", "cmd": "exif-jax build-data --list W/train.txt --out W/data_train"},
+        {"name": "train-tokenizer", "cmd": "exif-jax train-tokenizer --data W/data_train --out W/tok/sp"}]}
+    assert "train cameras only" in tokenizer_line({"tokenizer": {"model": "W/tok/sp.model"}}, timings)
+    assert "test cameras included" in tokenizer_line({"tokenizer": {"model": ""}}, timings)
+    timings["stages"][1]["cmd"] = "exif-jax train-tokenizer --data W/data_all --out W/tok/sp"  # not the train side
+    assert "train cameras only" not in tokenizer_line({"tokenizer": {"model": "W/tok/sp.model"}}, timings)
