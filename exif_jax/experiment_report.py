@@ -215,7 +215,7 @@ def write_report(workdir: str, split_path: str, out: str, n_heatmaps: int = 4) -
           "(`train_summary.json`; every step in `run/metrics.jsonl` of the work dir.)", ""]
     L += ["## Wall time (2 shared CPU cores)", "", "| stage | wall s | note |", "|---|---:|---|"]
     L += [f"| {s['name']} | {s['wall_s']} | {s.get('note', '')} |" for s in timings["stages"]]
-    L += ["", "(`timings.json`; the 2 cores were shared with other jobs throughout, so these are upper bounds.)", ""]
+    L += ["", "(`timings.json`; 2 CPU cores that other work may have shared, so these are upper bounds.)", ""]
     if splices:
         L += ["## Splice benchmark (test cameras only)", "",
               f"`exif-jax make-splices` on the {splices['photos_used']} test-camera photos large enough for "
