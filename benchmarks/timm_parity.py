@@ -57,19 +57,19 @@ def compare(model, config, name: str, out_dir: str) -> float:
         import timm
         from timm.models.resnet import Bottleneck, ResNet
 
-        vit = ResNet(block=Bottleneck, **result["kwargs"]).eval()
-        timm.models.load_checkpoint(vit, result["npz"])  # strict: every key must match
+        net = ResNet(block=Bottleneck, **result["kwargs"]).eval()
+        timm.models.load_checkpoint(net, result["weights"])  # strict: every key must match
     else:
-        vit = VisionTransformer(**result["kwargs"]).eval()
-        vit.load_pretrained(result["npz"])
+        net = VisionTransformer(**result["kwargs"]).eval()
+        net.load_pretrained(result["weights"])
     x = crops(int(config.model.image.size))
     model.eval()  # BatchNorm: running statistics, as timm's eval()
     want = np.asarray(nnx.jit(lambda m, a: m.image(a))(model, x))
     pixels = (x.astype(np.float32) / 255 - np.asarray(result["mean"])) / np.asarray(result["std"])
     with torch.no_grad():
-        got = vit(torch.from_numpy(pixels.transpose(0, 3, 1, 2).astype(np.float32))).numpy()
+        got = net(torch.from_numpy(pixels.transpose(0, 3, 1, 2).astype(np.float32))).numpy()
     diff = float(np.abs(got - want).max())
-    print(f"{name:>10}: timm {result['model_name'] or type(vit).__name__} {tuple(got.shape)} "
+    print(f"{name:>10}: timm {result['model_name'] or type(net).__name__} {tuple(got.shape)} "
           f"max |diff| {diff:.2e} (output std {want.std():.3f}) {'OK' if diff <= TOL else 'FAIL'}")
     return diff
 

@@ -189,9 +189,14 @@ def test_unexportable_resnet_options_are_refused_by_name(option, value, tmp_path
     assert not (tmp_path / "o").exists()
 
 
-def test_timm_resnet_needs_timms_64_channel_stem():
-    with pytest.raises(ValueError, match=r"model\.image\.width=8"):
+def test_timm_resnet_needs_timms_64_channel_stem(tmp_path, capsys):
+    with pytest.raises(hf.NotExportable, match=r"model\.image\.width=8"):
         timm.timm_spec(load_config(RESNET))
+    (tmp_path / "ckpt").mkdir()  # the CLI refuses before restoring: a workdir with only its config
+    (tmp_path / "config.json").write_text(load_config(RESNET).to_json())
+    rc = cli.main(["export", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "o"), "--format", "all"])
+    assert rc == 2 and "model.image.width=8" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
     spec = timm.timm_spec(load_config(["model.image.kind=resnet", "model.image.variant=50"]))
     assert spec["model_name"] == "resnet50" and spec["kwargs"] == {"layers": [3, 4, 6, 3], "num_classes": 32}  # tiny embed_dim
     assert "timm.models.load_checkpoint(model, 'w.safetensors')" in timm.usage(spec, "w.safetensors")

@@ -79,7 +79,7 @@ def cli_main(args: argparse.Namespace) -> int:
     """Run `exif-jax export`."""
     import sys
 
-    from exif_jax.export.hf import NotExportable
+    from exif_jax.export import NotExportable
 
     try:
         result = export(args.checkpoint, args.out, args.format, step=args.step)
@@ -98,6 +98,6 @@ def cli_main(args: argparse.Namespace) -> int:
               "at native resolution (no resizing), texts padded to max_length")
     if "timm" in result:
         t = result["timm"]
-        print(f"timm: {t['model_name'] or 'VisionTransformer'} <- {t['npz']}")
+        print(f"timm: {t['model_name'] or ('ResNet' if t.get('block') else 'VisionTransformer')} <- {t['weights']}")
         print(t["usage"])
     return 0

@@ -27,14 +27,11 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from exif_jax.export import NotExportable
 from exif_jax.export.timm import flat_params, log_logit_scale
 
 HIDDEN_ACT = "gelu_pytorch_tanh"
 LN_EPS = 1e-6
-
-
-class NotExportable(ValueError):
-    """A config option with no equivalent in the target library; the message names the option."""
 
 
 def check_siglip_exportable(config: ml_collections.ConfigDict) -> None:

@@ -30,7 +30,7 @@ import ml_collections
 import numpy as np
 
 from exif_jax.export import hf
-from exif_jax.export.hf import NotExportable
+from exif_jax.export import NotExportable
 from exif_jax.export.timm import log_logit_scale
 
 MANIFEST = "dual_encoder.json"

@@ -26,6 +26,8 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from exif_jax.export import NotExportable
+
 NPZ_NAME = "vit_big_vision.npz"
 RESNET_NAME = "resnet_timm.safetensors"
 TIMM_JSON = "timm_config.json"
@@ -92,7 +94,7 @@ def timm_spec(config: ml_collections.ConfigDict) -> dict[str, Any]:
     if img.kind == "resnet":
         return _resnet_spec(config)
     if img.kind != "vit":
-        raise ValueError(f"--format timm exports a ViT or ResNet image tower; model.image.kind={img.kind!r}")
+        raise NotExportable(f"--format timm exports a ViT or ResNet image tower; model.image.kind={img.kind!r}")
     pool = img.get("pool", "avg")
     s = towers.vit_sizes(img)
     head = img.get("head", "linear")
@@ -107,7 +109,7 @@ def timm_spec(config: ml_collections.ConfigDict) -> dict[str, Any]:
     elif pool == "cls":
         kwargs.update(class_token=True, no_embed_class=True, global_pool="token")
     else:
-        raise ValueError(f"model.image.pool={pool!r} has no timm equivalent")
+        raise NotExportable(f"model.image.pool={pool!r} has no timm equivalent")
     name = None
     variant = _named_variant(img)
     if variant and (variant, kwargs["patch_size"]) in _TIMM_SIGLIP and pool in ("map", "avg"):
@@ -125,7 +127,7 @@ def _resnet_spec(config: ml_collections.ConfigDict) -> dict[str, Any]:
     img = config.model.image
     variant, width = towers.resnet_sizes(img)
     if width != 64:  # timm's plain stem is 64 channels whatever `channels` says
-        raise ValueError(f"model.image.width={width}: timm's ResNet has a 64-channel stem, so only width 64 "
+        raise NotExportable(f"model.image.width={width}: timm's ResNet has a 64-channel stem, so only width 64 "
                          "exports to timm")
     head = img.get("head", "linear") == "linear"
     kwargs = dict(layers=list(resnet.stages_for(variant)), num_classes=int(config.model.embed_dim) if head else 0)
@@ -162,7 +164,7 @@ def usage(spec: dict[str, Any], npz_path: str) -> str:
 
 def export_timm(model: Any, config: ml_collections.ConfigDict, out_dir: str) -> dict[str, Any]:
     """Write OUT/vit_big_vision.npz (ViT) or OUT/resnet_timm.safetensors (ResNet) and OUT/timm_config.json;
-    returns the spec plus the weights' path (under "npz" for both)."""
+    returns the spec plus the weights' path ("weights"; "npz" too for a ViT)."""
     spec = timm_spec(config)
     if spec.get("block") == "Bottleneck":
         from safetensors.numpy import save_file
@@ -173,10 +175,10 @@ def export_timm(model: Any, config: ml_collections.ConfigDict, out_dir: str) -> 
         path = os.path.join(out_dir, RESNET_NAME)
         save_file(torchvision_state_dict(model), path, metadata={"format": "pt"})
         os.chmod(path, 0o644)
-        spec = dict(spec, npz=RESNET_NAME)
+        spec = dict(spec, weights=RESNET_NAME)
         with open(os.path.join(out_dir, TIMM_JSON), "w") as f:
             json.dump(spec, f, indent=2)
-        return dict(spec, npz=path, usage=usage(spec, path))
+        return dict(spec, weights=path, usage=usage(spec, path))
     tree = big_vision_tree(model)
     if spec["kwargs"]["num_classes"] and "params/img/head/bias" not in tree:
         # timm loads the head only when head/bias exists; a bias-free head is a zero bias.
@@ -184,7 +186,7 @@ def export_timm(model: Any, config: ml_collections.ConfigDict, out_dir: str) -> 
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, NPZ_NAME)
     np.savez(path, **tree)
-    spec = dict(spec, npz=NPZ_NAME, prefix="params/img/")
+    spec = dict(spec, npz=NPZ_NAME, weights=NPZ_NAME, prefix="params/img/")
     with open(os.path.join(out_dir, TIMM_JSON), "w") as f:
         json.dump(spec, f, indent=2)
-    return dict(spec, npz=path, usage=usage(spec, path))
+    return dict(spec, npz=path, weights=path, usage=usage(spec, path))
