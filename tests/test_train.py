@@ -183,17 +183,37 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_match_one(ref, tmp_path, bundled_records, env):
+def slurm_job_id() -> int:
+    """A SLURM job id whose derived coordinator port is free: jax uses job_id % 4096 + 61440 (slurm_cluster.py)."""
+    for port in range(61440 + os.getpid() % 4096, 65536):
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return 4096 * 1000 + port - 61440
+    raise RuntimeError("no free port in 61440-65535")
+
+
+@pytest.mark.parametrize("launch", ["coordinator", "slurm"])
+def test_two_processes_match_one(launch, ref, tmp_path, bundled_records, env):
+    """2 processes x 4 CPU devices == 1 x 8: started with explicit coordinator flags, or the way `srun` starts
+    them (SLURM variables only; the trainer detects the job and jax.distributed reads the rest)."""
     wd = tmp_path / "run"
     e = dict(env, XLA_FLAGS=f"--xla_force_host_platform_device_count=4 {FAST_COMPILE}")
-    port, n = free_port(), 3
+    port, n, job = free_port(), 3, slurm_job_id()
     procs = []
     for i in range(2):
         args = overrides(bundled_records) + [f"train.max_steps_per_run={n}"]
-        cmd = EXE + ["--workdir", str(wd), "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
-                     "--process-id", str(i)] + [f"--config.{a}" for a in args]
+        cmd = EXE + ["--workdir", str(wd)] + [f"--config.{a}" for a in args]
+        pe = dict(e)
+        if launch == "coordinator":
+            cmd += ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)]
+        else:
+            pe.update(SLURM_JOB_ID=str(job), SLURM_STEP_NODELIST="localhost", SLURM_NTASKS="2",
+                      SLURM_PROCID=str(i), SLURM_LOCALID=str(i), SLURM_STEP_NUM_NODES="1")
         log = open(tmp_path / f"proc{i}.txt", "w")
-        procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=e, cwd=REPO))
+        procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=pe, cwd=REPO))
     codes = [finish(p, 300) for p in procs]
     assert codes == [0, 0], (tmp_path / "proc0.txt").read_text()[-3000:] + (tmp_path / "proc1.txt").read_text()[-3000:]
     assert "2 process(es), 8 cpu device(s)" in (tmp_path / "proc0.txt").read_text()
