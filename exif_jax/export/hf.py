@@ -27,7 +27,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from exif_jax.export import NotExportable
+from exif_jax.export import NotExportable, write_safetensors
 from exif_jax.export.timm import flat_params, log_logit_scale
 
 HIDDEN_ACT = "gelu_pytorch_tanh"
@@ -223,15 +223,12 @@ def image_processor_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 def export_hf(model: Any, config: ml_collections.ConfigDict, out_dir: str, *, tokenizer_model: str) -> dict[str, Any]:
     """Write a SiglipModel directory (config.json, model.safetensors, tokenizer, preprocessor) to out_dir."""
-    from safetensors.numpy import save_file
-
     state = siglip_state_dict(model, config)
     vocab_size = state["text_model.embeddings.token_embedding.weight"].shape[0]
     os.makedirs(out_dir, exist_ok=True)
     siglip_config(model, config, vocab_size).save_pretrained(out_dir)
     weights = os.path.join(out_dir, "model.safetensors")
-    save_file(state, weights, metadata={"format": "pt"})
-    os.chmod(weights, 0o644)  # safetensors creates it owner-only; the rest of the export is world-readable
+    write_safetensors(state, weights)
     tok = hf_tokenizer(tokenizer_model, int(config.model.text.max_len),
                        mask_pad=bool(config.model.text.get("mask_pad", True)))
     if len(tok) > vocab_size:

@@ -30,7 +30,7 @@ import ml_collections
 import numpy as np
 
 from exif_jax.export import hf
-from exif_jax.export import NotExportable
+from exif_jax.export import NotExportable, write_safetensors
 from exif_jax.export.timm import log_logit_scale
 
 MANIFEST = "dual_encoder.json"
@@ -184,14 +184,6 @@ def _save_wordpiece(vocab_path: str, config: ml_collections.ConfigDict, out_dir:
     DistilBertTokenizer.from_pretrained(out_dir).save_pretrained(out_dir)
 
 
-def _write_safetensors(state: dict[str, np.ndarray], out_dir: str) -> None:
-    from safetensors.numpy import save_file
-
-    path = os.path.join(out_dir, "model.safetensors")
-    save_file(state, path, metadata={"format": "pt"})
-    os.chmod(path, 0o644)  # safetensors creates it owner-only; the rest of the export is world-readable
-
-
 def export_towers(model: Any, config: ml_collections.ConfigDict, out_dir: str, *,
                   tokenizer_model: str) -> dict[str, Any]:
     """Write OUT/image (ResNetForImageClassification), OUT/text and OUT/dual_encoder.json."""
@@ -204,7 +196,7 @@ def export_towers(model: Any, config: ml_collections.ConfigDict, out_dir: str, *
 
     img_state = resnet_state_dict(model)
     resnet_config(model, config).save_pretrained(image_dir)
-    _write_safetensors(img_state, image_dir)
+    write_safetensors(img_state, os.path.join(image_dir, "model.safetensors"))
     with open(os.path.join(image_dir, "preprocessor_config.json"), "w") as f:
         json.dump(resnet_processor_config(config), f, indent=2)
 
@@ -228,7 +220,8 @@ def export_towers(model: Any, config: ml_collections.ConfigDict, out_dir: str, *
         if len(tok) > vocab:
             raise NotExportable(f"{tokenizer_model}: {len(tok)} pieces but the text embedding has {vocab} rows")
         tok.save_pretrained(text_dir)
-    _write_safetensors({k: np.ascontiguousarray(v) for k, v in txt_state.items()}, text_dir)
+    write_safetensors({k: np.ascontiguousarray(v) for k, v in txt_state.items()},
+                      os.path.join(text_dir, "model.safetensors"))
 
     bias = model.logit_bias()
     manifest = {

@@ -26,7 +26,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from exif_jax.export import NotExportable
+from exif_jax.export import NotExportable, write_safetensors
 
 NPZ_NAME = "vit_big_vision.npz"
 RESNET_NAME = "resnet_timm.safetensors"
@@ -167,14 +167,11 @@ def export_timm(model: Any, config: ml_collections.ConfigDict, out_dir: str) -> 
     returns the spec plus the weights' path ("weights"; "npz" too for a ViT)."""
     spec = timm_spec(config)
     if spec.get("block") == "Bottleneck":
-        from safetensors.numpy import save_file
-
         from exif_jax.export.hf_towers import torchvision_state_dict
 
         os.makedirs(out_dir, exist_ok=True)
         path = os.path.join(out_dir, RESNET_NAME)
-        save_file(torchvision_state_dict(model), path, metadata={"format": "pt"})
-        os.chmod(path, 0o644)
+        write_safetensors(torchvision_state_dict(model), path)
         spec = dict(spec, weights=RESNET_NAME)
         with open(os.path.join(out_dir, TIMM_JSON), "w") as f:
             json.dump(spec, f, indent=2)
