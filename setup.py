@@ -21,6 +21,10 @@ INSTALL_REQUIRES = [
     "tqdm==4.70.1",
     "absl-py==2.5.1",
     "threadpoolctl==3.8.0",
+    # build-data's lossless restart-marker rewrite (a Huffman re-encoder) is compiled by numba: a wheel, no
+    # compiler or system libjpeg needed. The load path (crops) needs only Pillow.
+    "numba==0.68.1",
+    "llvmlite==0.50.0",
 ]
 
 setup(

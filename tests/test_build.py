@@ -12,12 +12,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from exif_jax import exif
 from exif_jax.cli import main as cli
-from exif_jax.data import build
+from exif_jax.data import build, photo_check
 
 REPO = Path(__file__).resolve().parents[1]
 PHOTOS = REPO / "exif_jax" / "assets" / "photos"
@@ -62,7 +63,7 @@ def bomb(width: int, height: int) -> bytes:
 
 
 def records_by_path(out: Path) -> dict[str, dict]:
-    return {r["path"]: r for r in build.read_records(str(out))}
+    return {r["path"]: r for r in build.read_records(str(out), with_image=True)}
 
 
 def skip_reason(summary: dict, name: str) -> str | None:
@@ -71,33 +72,51 @@ def skip_reason(summary: dict, name: str) -> str | None:
     return hits[0] if hits else None
 
 
-def check_consistent(out: Path, summary: dict) -> dict[str, dict]:
-    """Counts in summary.json match what the shards hold, and every record's bytes match its sha256."""
+def pixels(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def check_consistent(out: Path, summary: dict, src_of=lambda path: Path(path)) -> dict[str, dict]:
+    """Counts in summary.json match what the shards hold; every stored stream decodes to the source file's
+    pixels (src_of maps a record's path to the file; None: not checked), kept originals match sha256."""
     recs = records_by_path(out)
     assert summary["kept"] == len(recs) == sum(s["records"] for s in summary["shards"])
-    assert summary["total_bytes"] == sum(len(r["image"]) for r in recs.values())
+    assert summary["original_bytes"] == sum(r["bytes"] for r in recs.values())
+    assert summary["stored_bytes"] == sum(os.path.getsize(p) for p in out.glob("records-*")
+                                          if p.suffix in (".array_record", ".pixels"))
     assert summary["inputs"] == summary["kept"] + summary["skipped_total"]
+    fast = summary["fast_path"]
+    assert fast["records"] == sum(r["fast"] is not None for r in recs.values())
+    assert fast["records"] + sum(v["count"] for v in fast["decoded_whole"].values()) == summary["kept"]
     cams: dict[str, int] = {}
     for r in recs.values():
-        assert sha(r["image"]) == r["sha256"]
+        assert (r["fast"] is None) == bool(r["fast_reason"])
+        if r["original"] is not None:
+            assert sha(build.original_bytes(str(out), r)) == r["sha256"]
+        src = src_of(r["path"])
+        if src is not None:
+            np.testing.assert_array_equal(pixels(r["image"]), pixels(src.read_bytes()), err_msg=r["path"])
         cams[r["camera"]] = cams.get(r["camera"], 0) + 1
     assert cams == summary["cameras"]
     assert json.loads((out / "summary.json").read_text()) == summary
     return recs
 
 
-def test_bundled_round_trip_bytes_identical(tmp_path):
+def test_bundled_round_trip(tmp_path):
     out = tmp_path / "out"
     items, pre = build.items_from_folder(str(PHOTOS))
     s = build.build_dataset(items, str(out), settings(), records_per_shard=5, workers=2, progress=False,
                             pre_skipped=pre)
-    recs = check_consistent(out, s)
+    recs = check_consistent(out, s)  # every stream decodes to its photo's pixels
     jpgs = sorted(PHOTOS.glob("*.jpg"))
     assert len(recs) == len(jpgs) == 18 and len(s["shards"]) == 4
     assert s["skipped"] == {"other_extension": {"count": 1, "files": [str(PHOTOS / "SOURCES.md")]}}
+    assert s["fast_path"] == {"records": 18, "decoded_whole": {}}  # all baseline camera JPEGs
     for p in jpgs:
         r = recs[str(p)]
-        assert r["image"] == p.read_bytes()
+        assert r["original"] is None and r["image"] != p.read_bytes()  # the rewrite, not the file
+        assert r["sha256"] == sha(p.read_bytes()) and r["bytes"] == p.stat().st_size
         with Image.open(p) as im:
             assert (r["width"], r["height"]) == im.size
         tags = exif.read_tags(str(p))
@@ -108,6 +127,51 @@ def test_bundled_round_trip_bytes_identical(tmp_path):
     order = [r["sha256"] for r in build.read_records(str(out))]
     assert order == sorted(order)
     assert len(s["cameras"]) == 17
+    assert s["stored_vs_original"] < 0.15, s["stored_vs_original"]
+
+
+def test_keep_original_and_fast_path_off(tmp_path):
+    jpgs = sorted(PHOTOS.glob("*.jpg"))[:4]
+    items = build.items_from_paths([str(p) for p in jpgs])
+    s = build.build_dataset(items, str(tmp_path / "keep"), settings(keep_original=True), workers=1, progress=False)
+    recs = check_consistent(tmp_path / "keep", s)
+    for p in jpgs:
+        assert build.original_bytes(str(tmp_path / "keep"), recs[str(p)]) == p.read_bytes()
+    s = build.build_dataset(items, str(tmp_path / "off"), settings(fast_path=False), workers=1, progress=False)
+    recs = check_consistent(tmp_path / "off", s)
+    assert s["fast_path"] == {"records": 0, "decoded_whole": {"fast_path_off": {
+        "count": 4, "files": sorted(str(p) for p in jpgs)}}}
+    for p in jpgs:
+        assert recs[str(p)]["image"] == p.read_bytes()  # the original file, unchanged
+
+
+def test_photos_the_rewrite_cannot_take_are_counted(tmp_path, monkeypatch):
+    """Progressive photos and a rewrite that would change pixels are kept and decoded whole, by reason."""
+    src = tmp_path / "src"
+    src.mkdir()
+    good = sorted(PHOTOS.glob("*.jpg"))
+    shutil.copy(good[0], src / "baseline.jpg")
+    shutil.copy(good[1], src / "mismatch.jpg")
+    with Image.open(good[2]) as im:
+        im.save(src / "progressive.jpg", "JPEG", progressive=True, quality=90, exif=im.info["exif"])
+    real = photo_check.jpeg_restart.rewrite
+
+    def corrupting(data: bytes):
+        rw = real(data)
+        if data == good[1].read_bytes():  # one wrong coefficient bit in the middle of the scan
+            buf = bytearray(rw.data)
+            i = rw.offsets[len(rw.offsets) // 2] + 1
+            buf[i] ^= 0x10 if buf[i] not in (0xEF, 0xFF) else 0x01
+            rw.data = bytes(buf)
+        return rw
+
+    monkeypatch.setattr(photo_check.jpeg_restart, "rewrite", corrupting)
+    s = build.build_dataset(build.items_from_paths(build.list_images(str(src))), str(tmp_path / "out"),
+                            settings(), workers=1, progress=False)
+    check_consistent(tmp_path / "out", s)
+    assert s["kept"] == 3 and s["fast_path"]["records"] == 1
+    assert {r: v["files"] for r, v in s["fast_path"]["decoded_whole"].items()} == {
+        "progressive": [str(src / "progressive.jpg")], "verify_mismatch": [str(src / "mismatch.jpg")]}
 
 
 @pytest.mark.skipif(not (SHARED / "photos").is_dir(), reason=f"shared data not found at {SHARED}")
@@ -118,6 +182,9 @@ def test_shared_photos_round_trip(tmp_path):
                             settings(), workers=2, progress=False)
     recs = check_consistent(out, s)
     assert s["kept"] == len(index) == 143
+    # 141 baseline photos crop through region decodes; the 2 progressive ones are decoded whole.
+    assert s["fast_path"]["records"] == 141
+    assert {r: v["count"] for r, v in s["fast_path"]["decoded_whole"].items()} == {"progressive": 2}
     by_name = {os.path.basename(p): r for p, r in recs.items()}
     for row in index:
         r = by_name[row["file"]]
@@ -357,10 +424,9 @@ def test_yfcc_mode(tmp_path):
     assert cli(["build-data", "--yfcc-exif", str(tsv), "--yfcc-images", str(imgs), "--out", str(out),
                 "--workers", "1", "--quiet"]) == 0
     s = json.loads((out / "summary.json").read_text())
-    recs = check_consistent(out, s)
+    recs = check_consistent(out, s, src_of=lambda pid: imgs / f"{pid}.jpg")
     assert set(recs) == set(want)
     for pid, (p, tags) in want.items():
-        assert recs[pid]["image"] == p.read_bytes()
         assert recs[pid]["text"] == exif.render_text(tags) and f"Model: From TSV" in recs[pid]["text"]
         assert recs[pid]["camera"] == exif.camera_key(tags)
     assert {r: v["files"] for r, v in s["skipped"].items()} == {

@@ -42,10 +42,11 @@ class ByteTokenizer:
 
 
 def _record(data: bytes, path: str, text: str) -> bytes:
+    """A version 1 record (original bytes inline), as older builds wrote: the loader still reads them."""
     with Image.open(io.BytesIO(data)) as im:
         w, h = im.size
-    return records.encode_record(dict(image=data, text=text, tags={}, width=w, height=h, camera="test|test",
-                                      path=path, sha256=hashlib.sha256(data).hexdigest()))
+    return records.encode_v1(data, text=text, tags={}, width=w, height=h, camera="test|test", path=path,
+                             sha256=hashlib.sha256(data).hexdigest())
 
 
 def write_shards(out_dir: str, items: list[tuple[bytes, str, str]], num_shards: int) -> None:
@@ -82,7 +83,7 @@ def source_order(data_dir: str) -> list[tuple[str, str]]:
 
 def make_config(data_dir: str, **data) -> ml_collections.ConfigDict:
     d = dict(train_dir=data_dir, crop_size=32, crops_per_image=2, global_batch_size=12, worker_count=0,
-             prefetch_buffer=2, num_epochs=0, shuffle=True, read_threads=2)
+             prefetch_buffer=2, num_epochs=0, shuffle=True, read_threads=2, decode="auto", spread_window=0)
     d.update(data)
     return ml_collections.ConfigDict(dict(seed=0, data=d, tokenizer=dict(max_len=16)))
 
@@ -154,7 +155,7 @@ def test_seed_determines_batches(data_dir):
 def test_epochs_reshuffle_and_recrop(data_dir):
     if 2 * NUM_PHOTOS % 12:
         pytest.skip(f"{NUM_PHOTOS} photos x 2 crops do not fill whole batches of 12")
-    cfg = make_config(data_dir)
+    cfg = make_config(data_dir, spread_window=1)  # spreading blurs epoch edges by up to one window
     per_epoch = 2 * NUM_PHOTOS // 12
     bs = take(pipeline.make_loader(cfg, ByteTokenizer(), seed=0, process_index=0, process_count=1), 2 * per_epoch)
     e0 = np.concatenate([b["image_id"] for b in bs[:per_epoch]])
@@ -267,12 +268,12 @@ def test_image_smaller_than_crop_names_its_path(tmp_path):
         take(pipeline.make_loader(cfg, ByteTokenizer(), seed=0, process_index=0, process_count=1), 2)
 
     # A header that lies about the size is caught after decoding, still naming the file.
-    raw = records.decode_record(_record(_tiny_jpeg(24, 40), "/photos/liar.jpg", "c"))
-    raw.update(width=640, height=480)
+    data = _tiny_jpeg(24, 40)
     d2 = str(tmp_path / "liar")
     os.makedirs(d2)
     w = ArrayRecordWriter(os.path.join(d2, "records-00000-of-00001.array_record"), "group_size:1")
-    w.write(records.encode_record(raw))
+    w.write(records.encode_v1(data, text="c", tags={}, width=640, height=480, camera="t|t", path="/photos/liar.jpg",
+                              sha256=hashlib.sha256(data).hexdigest()))
     w.close()
     with pytest.raises(ValueError, match=r"/photos/liar\.jpg.*smaller than"):
         take(pipeline.make_loader(make_config(d2, global_batch_size=2), ByteTokenizer(), seed=0,
@@ -314,3 +315,73 @@ def test_worker_processes_real_tokenizer_and_restore(data_dir, tmp_path):
     serial = make_config(data_dir, worker_count=0)
     assert_same(take(pipeline.make_loader(serial, tok, seed=1, process_index=0, process_count=1), 5),
                 first + expected)
+
+
+def crops_match_photos(batches: list[dict], photo_of: dict[int, str], size: int) -> int:
+    """Every crop equals Pillow's full decode of its source photo cut at the crop's `offset`."""
+    full: dict[str, np.ndarray] = {}
+    n = 0
+    for b in batches:
+        for crop, (y, x), iid in zip(b["image"], b["offset"], b["image_id"]):
+            path = photo_of[int(iid)]
+            if path not in full:
+                with Image.open(path) as im:
+                    full[path] = np.asarray(im.convert("RGB"))
+            np.testing.assert_array_equal(crop, full[path][y:y + size, x:x + size], err_msg=f"{path} at {y},{x}")
+            n += 1
+    return n
+
+
+def test_pipeline_crops_are_the_photos_pixels_at_offset(data_dir):
+    """Region decodes through the real loader: each crop, found again through image_id -> record path and
+    offset, equals the original file's full decode there; the whole-photo path yields the same batches."""
+    photo_of = {i: p for i, (p, _) in enumerate(source_order(data_dir))}
+    for size in (32, 96):
+        cfg = make_config(data_dir, crop_size=size, crops_per_image=3)
+        fast = take(pipeline.make_loader(cfg, ByteTokenizer(), seed=3, process_index=0, process_count=1), 6)
+        assert crops_match_photos(fast, photo_of, size) == 6 * 12
+        cfg.data.decode = "whole"
+        assert_same(take(pipeline.make_loader(cfg, ByteTokenizer(), seed=3, process_index=0, process_count=1), 6),
+                    fast)
+
+
+def test_crops_of_a_photo_spread_across_batches(data_dir):
+    """k=4, batches of 12: the window shuffle (48 crops) mixes what would be 3 whole photos per batch."""
+    spread_cfg, plain_cfg = make_config(data_dir, crops_per_image=4), make_config(data_dir, crops_per_image=4,
+                                                                                   spread_window=1)
+    spread = take(pipeline.make_loader(spread_cfg, ByteTokenizer(), seed=6, process_index=0, process_count=1), 8)
+    plain = take(pipeline.make_loader(plain_cfg, ByteTokenizer(), seed=6, process_index=0, process_count=1), 8)
+    key = lambda bs: sorted(zip(np.concatenate([b["image_id"] for b in bs]).tolist(),
+                                map(tuple, np.concatenate([b["offset"] for b in bs]).tolist())))
+    for w in range(2):  # each window of 48 crops holds exactly the crops the unspread stream has there
+        assert key(spread[4 * w:4 * w + 4]) == key(plain[4 * w:4 * w + 4])
+    per_batch = lambda bs: [len(np.unique(b["image_id"])) for b in bs]
+    assert per_batch(plain) == [3] * 8  # 3 photos x 4 crops: neighbours in one batch
+    assert np.mean(per_batch(spread)) > 6
+    # and the spread stream resumes exactly from a mid-window state
+    it = iter(pipeline.make_loader(spread_cfg, ByteTokenizer(), seed=6, process_index=0, process_count=1))
+    try:
+        for _ in range(3):
+            next(it)
+        state = it.get_state()
+    finally:
+        it.close()
+    assert_same(take(pipeline.make_loader(spread_cfg, ByteTokenizer(), seed=6, process_index=0, process_count=1),
+                     5, state=state), spread[3:8])
+
+
+FULLRES = sorted((REPO.parent / "shared" / "data" / "fullres").glob("*.jpg"))
+
+
+@pytest.mark.skipif(not FULLRES, reason="camera originals not found at ../shared/data/fullres")
+def test_fullres_pipeline_crops_exact(tmp_path):
+    """The real loader on whole 8-16 MP camera originals (128-px crops, k=1 and k=4): pixel-exact via offset."""
+    out = str(tmp_path / "fullres")
+    s = build.build_dataset(build.items_from_paths([str(p) for p in FULLRES]), out, build.settings_from_config(None),
+                            num_shards=2, workers=2, progress=False)
+    assert s["kept"] == len(FULLRES) and s["fast_path"]["records"] == len(FULLRES), s["fast_path"]
+    photo_of = {i: p for i, (p, _) in enumerate(source_order(out))}
+    for k in (1, 4):
+        cfg = make_config(out, crop_size=128, crops_per_image=k, global_batch_size=8)
+        bs = take(pipeline.make_loader(cfg, ByteTokenizer(), seed=k, process_index=0, process_count=1), 4)
+        assert crops_match_photos(bs, photo_of, 128) == 32

@@ -57,5 +57,5 @@ def test_builder_from_directory_matches_build_data(prepared, tmp_path):
     assert set(got) == set(recs)
     for h, r in recs.items():
         ex = got[h]
-        assert ex["image"] == r["image"] and _s(ex["text"]) == r["text"]
+        assert hashlib.sha256(ex["image"]).hexdigest() == r["sha256"] and _s(ex["text"]) == r["text"]
         assert (int(ex["width"]), int(ex["height"])) == (r["width"], r["height"])

@@ -1,9 +1,11 @@
-"""`exif-jax build-data`: photos -> ArrayRecord shards of records (original bytes + EXIF text) + summary.json.
+"""`exif-jax build-data`: photos -> ArrayRecord shards of records (EXIF text + where the pixels are), their
+pixel files, and summary.json.
 
 Pass 1 lists and hashes the inputs (unreadable files and duplicates are skipped there) and assigns the
 unique files, sorted by sha256, to shards. Pass 2 builds the shards in parallel processes; each photo is
-checked and turned into a record by photo_check.make_record. Each shard is written under a temporary
-name and renamed when complete, then a per-shard sidecar JSON (its counts and a digest of its inputs and
+checked and turned into a record by photo_check.make_record; its JPEG stream (rewritten for random-access
+crops where possible, see jpeg_restart) goes to the shard's pixel file (pixel_store). The pixel file, then
+the shard, is written under a temporary name and renamed when complete, then a per-shard sidecar JSON (its counts and a digest of its inputs and
 settings) is written the same way; the sidecar marks the shard finished. Re-running the same command
 after an interruption builds only the shards that lack a matching sidecar.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import dataclasses
 import hashlib
 import json
 import math
@@ -27,10 +30,12 @@ from array_record.python.array_record_module import ArrayRecordReader, ArrayReco
 from tqdm import tqdm
 
 from exif_jax import exif
+from exif_jax.data.crops import FastIndex
 from exif_jax.data.photo_check import Settings, make_record
+from exif_jax.data.pixel_store import PixelReader, PixelWriter, pixels_path
 from exif_jax.data.records import RECORD_VERSION, Record, decode_record, encode_record
 
-SUMMARY_VERSION = 1
+SUMMARY_VERSION = 2
 # One record per chunk: a random read touches only its record. JPEG bytes do not compress.
 WRITER_OPTIONS = "group_size:1,uncompressed"
 SHARD_RE = re.compile(r"^records-(\d{5})-of-(\d{5})\.array_record$")
@@ -168,14 +173,17 @@ def _sidecar_path(shard_path: str) -> str:
 
 
 def build_shard(shard_path: str, items: Sequence[Item], settings: Settings, digest: str) -> dict:
-    """Write one shard under a temporary name, rename it, then write its sidecar; returns the sidecar."""
+    """Write one shard and its pixel file under temporary names, rename them, then write the sidecar;
+    returns the sidecar."""
     tmp = f"{shard_path}.tmp"
     if os.path.exists(tmp):
         os.remove(tmp)  # left by an interrupted run
     skipped: dict[str, list[str]] = {}
+    slow: dict[str, list[str]] = {}  # photos decoded whole at load time, by reason
     cameras: Counter[str] = Counter()
-    n, nbytes = 0, 0
+    n, nbytes, nfast = 0, 0, 0
     writer = ArrayRecordWriter(tmp, WRITER_OPTIONS)
+    pixels = PixelWriter(pixels_path(shard_path))
     try:
         for it in items:
             try:
@@ -189,30 +197,52 @@ def build_shard(shard_path: str, items: Sequence[Item], settings: Settings, dige
                 skipped.setdefault("changed_during_build", []).append(it.name)
                 continue
             try:
-                rec, reason = make_record(data, it.name, settings, tags=it.tags, sha256=sha)
+                rec, reason, rw = make_record(data, it.name, settings, tags=it.tags, sha256=sha)
             except Exception as e:  # a bug, not bad input: stop, naming the file (finished shards stay)
                 raise RuntimeError(f"build-data failed on {it.src}: {type(e).__name__}: {e}") from e
             if rec is None:
                 skipped.setdefault(reason, []).append(it.name)
                 continue
+            _store_pixels(rec, data, rw, pixels, settings)
+            if rw is None:
+                slow.setdefault(rec["fast_reason"], []).append(it.name)
             writer.write(encode_record(rec))
             cameras[rec["camera"]] += 1
             n += 1
+            nfast += rw is not None
             nbytes += len(data)
+    except BaseException:
+        pixels.abort()
+        raise
     finally:
         writer.close()
+    pixels.commit()
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())  # on disk before the rename makes it count as finished
     os.replace(tmp, shard_path)
-    side = {"shard": os.path.basename(shard_path), "digest": digest, "records": n, "image_bytes": nbytes,
-            "inputs": len(items), "skipped": skipped, "cameras": dict(sorted(cameras.items()))}
+    side = {"shard": os.path.basename(shard_path), "digest": digest, "records": n, "original_bytes": nbytes,
+            "pixel_bytes": pixels.size, "record_bytes": os.path.getsize(shard_path), "fast": nfast,
+            "slow": slow, "inputs": len(items), "skipped": skipped, "cameras": dict(sorted(cameras.items()))}
     _atomic_write_json(_sidecar_path(shard_path), side)
     return side
 
 
+def _store_pixels(rec: Record, data: bytes, rw, pixels: PixelWriter, settings: Settings) -> None:
+    """Append the photo's stream (and the original when kept) to the pixel file; fill the record's fields."""
+    if rw is None:
+        rec["jpeg"] = rec["original"] = pixels.add(data)
+        return
+    starts, lengths = rw.tables()
+    rec["jpeg"], table_at = pixels.add_indexed(rw.data, starts, lengths)
+    rec["fast"] = FastIndex(header_len=rw.header_len, sof_hw_at=rw.sof_hw_at, mcu_h=rw.mcu_h, mcu_w=rw.mcu_w,
+                            mcus_y=rw.mcus_y, mcus_x=rw.mcus_x, table_at=table_at,
+                            length_bytes=lengths.itemsize)
+    rec["original"] = pixels.add(data) if settings.keep_original else None
+
+
 def _finished(shard_path: str, digest: str) -> dict | None:
     side = _sidecar_path(shard_path)
-    if not (os.path.exists(shard_path) and os.path.exists(side)):
+    if not (os.path.exists(shard_path) and os.path.exists(side) and os.path.exists(pixels_path(shard_path))):
         return None
     with open(side, encoding="utf-8") as f:
         meta = json.load(f)
@@ -284,22 +314,37 @@ def merge_summary(sides: Sequence[dict], skipped: dict[str, list[str]], settings
                   inputs: int, unique: int) -> dict:
     """summary.json from the shard sidecars plus the skips found while planning."""
     skipped = {k: list(v) for k, v in skipped.items()}
+    slow: dict[str, list[str]] = {}
     cameras: Counter[str] = Counter()
     for s in sides:
         for reason, names in s["skipped"].items():
             skipped.setdefault(reason, []).extend(names)
+        for reason, names in s["slow"].items():
+            slow.setdefault(reason, []).extend(names)
         cameras.update(s["cameras"])
+    kept = sum(s["records"] for s in sides)
+    original = sum(s["original_bytes"] for s in sides)
+    stored = sum(s["pixel_bytes"] + s["record_bytes"] for s in sides)
     return {
         "version": SUMMARY_VERSION, "record_version": RECORD_VERSION,
         "inputs": inputs, "unique": unique,
-        "kept": sum(s["records"] for s in sides),
+        "kept": kept,
         "skipped_total": sum(len(v) for v in skipped.values()),
         "skipped": {r: {"count": len(v), "files": sorted(v)[:MAX_LISTED]} for r, v in sorted(skipped.items())},
+        # Kept photos that crop through a region decode, and the rest by why they are decoded whole.
+        "fast_path": {"records": sum(s["fast"] for s in sides),
+                      "decoded_whole": {r: {"count": len(v), "files": sorted(v)[:MAX_LISTED]}
+                                        for r, v in sorted(slow.items())}},
         "cameras": dict(sorted(cameras.items())),
-        "total_bytes": sum(s["image_bytes"] for s in sides),
-        "shards": [{"file": s["shard"], "records": s["records"], "image_bytes": s["image_bytes"]} for s in sides],
+        "original_bytes": original,
+        "stored_bytes": stored,  # records + pixel files
+        "stored_vs_original": round(stored / original - 1, 4) if original else 0.0,
+        "shards": [{"file": s["shard"], "records": s["records"], "fast": s["fast"],
+                    "original_bytes": s["original_bytes"], "pixel_bytes": s["pixel_bytes"],
+                    "record_bytes": s["record_bytes"]} for s in sides],
         "tags": list(settings.tag_order), "max_value_len": settings.max_value_len, "style": settings.style,
         "min_size": settings.min_size, "formats": list(settings.formats),
+        "fast_path_enabled": settings.fast_path, "keep_original": settings.keep_original,
     }
 
 
@@ -322,17 +367,31 @@ def shard_paths(data_dir: str) -> list[str]:
     return [os.path.join(data_dir, n) for n in found]
 
 
-def read_records(data_dir: str) -> Iterator[Record]:
-    """Every record of a build, shard by shard."""
+def read_records(data_dir: str, *, with_image: bool = False) -> Iterator[Record]:
+    """Every record of a build, shard by shard; with_image adds `image`: the stored JPEG's bytes (a whole
+    JPEG that decodes to the original's pixels)."""
+    reader = PixelReader(data_dir) if with_image else None
     for path in shard_paths(data_dir):
-        reader = ArrayRecordReader(path)
+        ar = ArrayRecordReader(path)
         try:
-            n = reader.num_records()
+            n = ar.num_records()
             for start in range(0, n, 32):
-                for raw in reader.read(start, min(n, start + 32)):
-                    yield decode_record(raw)
+                for raw in ar.read(start, min(n, start + 32)):
+                    rec = decode_record(raw)
+                    if reader is not None and rec["jpeg"] is not None:
+                        rec["image"] = bytes(reader.bytes_of(rec["jpeg"]))
+                    yield rec
         finally:
-            reader.close()
+            ar.close()
+
+
+def original_bytes(data_dir: str, rec: Record) -> bytes:
+    """The photo's original file from a build (build-data --keep-original, or a photo decoded whole)."""
+    if rec["jpeg"] is None:  # version 1: inline
+        return rec["image"]
+    if rec["original"] is None:
+        raise ValueError(f"{rec['path']}: the build did not keep the original file (build-data --keep-original)")
+    return bytes(PixelReader(data_dir).bytes_of(rec["original"]))
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -361,6 +420,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=0, help="processes (0: all cores)")
     parser.add_argument("--config", help="config file: EXIF tag set, max_value_len, style")
     parser.add_argument("--min-size", type=int, default=128, help="skip photos whose shorter side is smaller")
+    parser.add_argument("--keep-original", action="store_true",
+                        help="also store each original file (the rewritten stream alone gives the same pixels)")
+    parser.add_argument("--no-fast-path", action="store_true",
+                        help="store original files only; every crop then decodes its whole photo")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -376,9 +439,14 @@ def cli_main(args: argparse.Namespace) -> int:
         items = items_from_list(args.list_file)
     else:
         items, pre = items_from_folder(args.images)
-    settings = settings_from_config(args.config, min_size=args.min_size)
+    settings = dataclasses.replace(settings_from_config(args.config, min_size=args.min_size),
+                                   keep_original=args.keep_original, fast_path=not args.no_fast_path)
     s = build_dataset(items, args.out, settings, num_shards=args.shards, records_per_shard=args.records_per_shard,
                       workers=args.workers or None, progress=not args.quiet, pre_skipped=pre)
     skipped = ", ".join(f"{r}={v['count']}" for r, v in s["skipped"].items()) or "none"
+    whole = ", ".join(f"{r}={v['count']}" for r, v in s["fast_path"]["decoded_whole"].items()) or "none"
     print(f"{args.out}: kept {s['kept']} of {s['inputs']} in {len(s['shards'])} shards; skipped: {skipped}")
+    print(f"{args.out}: region decode for {s['fast_path']['records']} of {s['kept']}, decoded whole: {whole}; "
+          f"stored {s['stored_bytes'] / 1e6:.1f} MB for {s['original_bytes'] / 1e6:.1f} MB of originals "
+          f"({100 * s['stored_vs_original']:+.1f}%)")
     return 0

@@ -2,9 +2,12 @@
 
 Order (all index-based steps are lazy MapDataset views, so they cost nothing until an element is read):
   records (sorted shards) -> tag with record index -> seeded global shuffle, reshuffled every epoch
-  -> repeat -> decode JPEG + k random crops (rng from seed and global position) -> tokenize
-  -> this process's slice -> [worker processes] -> rebatch k-crop groups into per-process batches
-  -> prefetch thread -> (GlobalBatchIterator) one global jax.Array per field, batch-sharded on the mesh.
+  -> repeat -> k random crop positions (rng from seed and global position) -> the crops' pixels (region
+  decode of only the MCUs each crop covers, or one whole-photo decode for photos build-data could not
+  rewrite; exif_jax.data.crops) -> tokenize -> this process's slice -> [worker processes]
+  -> split into single crops -> seeded window shuffle (a photo's k crops land in different batches)
+  -> per-process batches -> prefetch thread -> (GlobalBatchIterator) one global jax.Array per field,
+  batch-sharded on the mesh.
 
 Pixels are never resized or resampled: the camera's demosaicing and JPEG traces at native resolution
 are the signal the image tower learns from.
@@ -24,8 +27,10 @@ import numpy as np
 from jax.sharding import Mesh
 from PIL import Image
 
+from exif_jax.data import crops as crops_lib
 from exif_jax.data import records
 from exif_jax.data.build import shard_paths
+from exif_jax.data.pixel_store import PixelReader
 from exif_jax.sharding import BATCH_AXES, batch_sharding
 
 # Host batch fields that the model consumes; `offset` (crop origin, for tests/debugging) is host-only.
@@ -65,18 +70,43 @@ def decode_rgb(data: bytes, path: str = "<bytes>") -> np.ndarray:
         raise ValueError(f"{path}: cannot decode image: {e}") from e
 
 
+def crop_positions(height: int, width: int, k: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """k uniformly placed size x size crop origins in an image; int32 [k, 2] (y, x)."""
+    if height < size or width < size:
+        raise ValueError(f"image {width}x{height} is smaller than the {size}x{size} crop")
+    ys = rng.integers(0, height - size + 1, size=k)
+    xs = rng.integers(0, width - size + 1, size=k)
+    return np.stack([ys, xs], axis=1).astype(np.int32)
+
+
 def random_crops(
     image: np.ndarray, k: int, size: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """k uniformly placed size x size crops of `image` [H, W, C]; returns (crops [k,s,s,C], offsets [k,2] (y, x))."""
-    h, w = image.shape[:2]
-    if h < size or w < size:
-        raise ValueError(f"image {w}x{h} is smaller than the {size}x{size} crop")
-    ys = rng.integers(0, h - size + 1, size=k)
-    xs = rng.integers(0, w - size + 1, size=k)
-    # np.stack copies, so the full decoded image is freed once the crops exist.
-    crops = np.stack([image[y:y + size, x:x + size] for y, x in zip(ys, xs)])
-    return crops, np.stack([ys, xs], axis=1).astype(np.int32)
+    offsets = crop_positions(image.shape[0], image.shape[1], k, size, rng)
+    crops = np.stack([image[y:y + size, x:x + size] for y, x in offsets])
+    return crops, offsets
+
+
+def record_crops(rec: records.Record, reader: PixelReader | None, positions: np.ndarray, size: int, *,
+                 decode: str = "auto") -> np.ndarray:
+    """The pixels of size x size crops at `positions` of a record's photo; uint8 [k, size, size, 3].
+
+    decode "auto" uses the region decode when the record has it; "whole" always decodes the whole photo.
+    """
+    what = rec["path"]
+    pos = [(int(y), int(x)) for y, x in positions]
+    if rec["jpeg"] is None:  # a version 1 record: original bytes inline
+        return crops_lib.crops_full(rec["image"], pos, size, what)
+    if reader is None:
+        raise ValueError(f"{what}: reading a version 2 record's pixels needs its data folder")
+    stream = reader.bytes_of(rec["jpeg"])
+    fast = rec["fast"]
+    if fast is None or decode == "whole":
+        return crops_lib.crops_full(stream, pos, size, what)
+    starts, lengths = reader.tables(rec["jpeg"], fast["table_at"], fast["mcus_y"], fast["mcus_x"],
+                                    fast["length_bytes"])
+    return crops_lib.crops_fast(stream, starts, lengths, fast, rec["height"], rec["width"], pos, size, what)
 
 
 class _TagIndex(grain.transforms.MapWithIndex):
@@ -93,24 +123,26 @@ class _TagIndex(grain.transforms.MapWithIndex):
 class _DecodeCropTokenize(grain.transforms.RandomMap):
     """One record -> a group of k crops with their ids and tokens (leading dim k on every field)."""
 
-    def __init__(self, crop_size: int, k: int, tokenizer: TokenizerLike):
+    def __init__(self, data_dir: str, crop_size: int, k: int, tokenizer: TokenizerLike, decode: str):
+        self.reader = PixelReader(data_dir)  # memory maps, opened in whichever process decodes
         self.crop_size = crop_size
         self.k = k
         self.tokenizer = tokenizer
+        self.decode = decode
 
     def random_map(self, element: tuple[int, bytes], rng: np.random.Generator) -> dict[str, np.ndarray]:
         index, raw = element
         rec = records.decode_record(raw)
         path, s = rec["path"], self.crop_size
-        # Fail before decoding: the build step skips small photos, so one here is a broken dataset.
+        # The build step skips small photos, so one here is a broken dataset.
         if rec["width"] < s or rec["height"] < s:
             raise ValueError(
                 f"{path} (record {index}): image {rec['width']}x{rec['height']} is smaller than "
                 f"the {s}x{s} crop; rebuild the dataset with `exif-jax build-data` (it skips these)")
-        image = decode_rgb(rec["image"], path)
+        offsets = crop_positions(rec["height"], rec["width"], self.k, s, rng)
         try:
-            crops, offsets = random_crops(image, self.k, s, rng)
-        except ValueError as e:  # header size disagreed with the decoded size
+            crops = record_crops(rec, self.reader, offsets, s, decode=self.decode)
+        except ValueError as e:
             raise ValueError(f"{path} (record {index}): {e}") from e
         tokens = np.asarray(self.tokenizer.encode(rec["text"]), dtype=np.int32)
         k = self.k
@@ -123,14 +155,24 @@ class _DecodeCropTokenize(grain.transforms.RandomMap):
         }
 
 
+class _SplitCrops(grain.experimental.FlatMapTransform):
+    """A k-crop group -> k single-crop examples (so a window shuffle can spread them)."""
+
+    def __init__(self, k: int):
+        self.max_fan_out = k
+
+    def flat_map(self, group: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+        return [{name: v[i] for name, v in group.items()} for i in range(len(group["image_id"]))]
+
+
 def _to_numpy(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: np.array(v) for k, v in batch.items()}
 
 
-def _seeds(seed: int) -> tuple[int, int]:
-    """Two independent 32-bit seeds (shuffle, crops) derived from the run seed."""
-    a, b = np.random.SeedSequence(seed).generate_state(2)
-    return int(a), int(b)
+def _seeds(seed: int) -> tuple[int, int, int]:
+    """Three independent 31-bit seeds (shuffle, crops, spread) derived from the run seed."""
+    a, b, c = np.random.SeedSequence(seed).generate_state(3) >> 1
+    return int(a), int(b), int(c)
 
 
 def _ensure_absl_flags_parsed() -> None:
@@ -152,8 +194,8 @@ def make_loader(
     """This process's host batches (dicts of numpy arrays); `iter()` gives a checkpointable grain iterator.
 
     Fields: image uint8 [b, p, p, 3], tokens int32 [b, L], image_id int32 [b] (record index; crops of one
-    image share it), text_id int32 [b] (hash of the EXIF text), offset int32 [b, 2] (crop (y, x)), where
-    b = global_batch_size / process_count. process_index/count default to jax's.
+    image share it), text_id int32 [b] (hash of the EXIF text), offset int32 [b, 2] (crop (y, x) in the
+    photo), where b = global_batch_size / process_count. process_index/count default to jax's.
     """
     d = config.data
     if process_index is None or process_count is None:
@@ -169,7 +211,10 @@ def make_loader(
     if k < 1 or d.crop_size < 1:
         raise ValueError(f"need crops_per_image >= 1 and crop_size >= 1, got {k}, {d.crop_size}")
     num_epochs = int(d.get("num_epochs", 0)) or None  # 0 -> repeat forever
-    shuffle_seed, crop_seed = _seeds(seed)
+    if d.decode not in ("auto", "whole"):
+        raise ValueError(f"data.decode must be 'auto' or 'whole', got {d.decode!r}")
+    window = int(d.spread_window) or (4 * local_batch if k > 1 else 0)
+    shuffle_seed, crop_seed, spread_seed = _seeds(seed)
 
     source = make_source(d.train_dir)
     ds = grain.MapDataset.source(source).map_with_index(_TagIndex(len(source)))
@@ -177,7 +222,8 @@ def make_loader(
         ds = ds.shuffle(seed=shuffle_seed)  # before repeat: repeat reseeds it, so each epoch differs
     ds = ds.repeat(num_epochs)
     # Crops drawn before the process split: the rng depends on the global position only.
-    ds = ds.random_map(_DecodeCropTokenize(int(d.crop_size), k, tokenizer), seed=crop_seed)
+    ds = ds.random_map(_DecodeCropTokenize(d.train_dir, int(d.crop_size), k, tokenizer, d.decode),
+                       seed=crop_seed)
     ds = ds[process_index::process_count]
 
     images_per_batch = -(-local_batch // k)
@@ -194,9 +240,17 @@ def make_loader(
             per_worker_buffer_size=max(int(d.prefetch_buffer) * images_per_batch // int(d.worker_count), 1)))
         # Copy out of the workers' shared memory (tiny next to decoding) so each segment is freed at once.
         it = it.map(_to_numpy)
-    # Groups of k crops are cut into batches; a group may straddle two batches, which is fine:
-    # image_id, not batch membership, tells the loss which crops belong together.
-    it = grain.experimental.RebatchIterDataset(it, batch_size=local_batch, drop_remainder=True)
+    if window > 1:
+        # A photo's k crops would otherwise sit side by side in one batch; mixed over `window` positions
+        # (several batches) they meet other photos' crops. The window is refilled from the saved state on
+        # restore, so resume stays exact.
+        it = grain.experimental.FlatMapIterDataset(it, _SplitCrops(k))
+        it = grain.experimental.WindowShuffleIterDataset(it, window_size=window, seed=spread_seed)
+        it = it.batch(local_batch, drop_remainder=True)
+    else:
+        # Groups of k crops are cut into batches; a group may straddle two batches, which is fine:
+        # image_id, not batch membership, tells the loss which crops belong together.
+        it = grain.experimental.RebatchIterDataset(it, batch_size=local_batch, drop_remainder=True)
     if d.prefetch_buffer > 0:
         it = grain.experimental.ThreadPrefetchIterDataset(it, prefetch_buffer_size=int(d.prefetch_buffer))
     return it

@@ -1,7 +1,8 @@
 """The build-data records as a TFDS dataset (`exif_photos`), array_record file format, no tensorflow needed.
 
 Photos come from the manual dir (any folder tree; every file is tried, bad ones are skipped exactly as
-`exif-jax build-data` skips them). Fields match exif_jax.data.records.Record; `tags` is a JSON object
+`exif-jax build-data` skips them). This is the whole-photo layout (original bytes in each example); the
+random-access crop layout (small records + pixel files) is build-data's. Fields match exif_jax.data.records.Record; `tags` is a JSON object
 string because TFDS has no feature for a dict with open-ended keys. The image is the original file's
 bytes in a scalar string Tensor: `tfds.features.Image` would re-encode, and needs tensorflow.
 
@@ -29,6 +30,9 @@ from tensorflow_datasets.core import utils as tfds_utils
 from exif_jax.data import build
 
 
+_TEXT_FIELDS = ("text", "width", "height", "camera", "path", "sha256")
+
+
 class ExifPhotosConfig(tfds.core.BuilderConfig):
     """How the EXIF text is made (the tag set and order are part of the model)."""
 
@@ -40,8 +44,10 @@ class ExifPhotosConfig(tfds.core.BuilderConfig):
     def settings(self) -> build.Settings:
         """The build-data settings this config stands for."""
         from exif_jax import exif
+        # The original bytes are the TFDS example's image: no restart rewrite (that layout is build-data's).
         return build.Settings(tag_order=tuple(self.tag_order or exif.DEFAULT_TAGS),
-                              max_value_len=self.max_value_len, style=self.style, min_size=self.min_size)
+                              max_value_len=self.max_value_len, style=self.style, min_size=self.min_size,
+                              fast_path=False)
 
 
 class ExifPhotos(tfds.core.GeneratorBasedBuilder):
@@ -88,6 +94,7 @@ class ExifPhotos(tfds.core.GeneratorBasedBuilder):
         for it in unique:  # sha256 order; unreadable files and duplicates were dropped while planning
             with open(it.src, "rb") as f:
                 data = f.read()
-            rec, _reason = build.make_record(data, it.name, settings, sha256=it.sha256)
+            rec, _reason, _ = build.make_record(data, it.name, settings, sha256=it.sha256)
             if rec is not None:
-                yield it.sha256, {**rec, "tags": json.dumps(rec["tags"], sort_keys=True)}
+                yield it.sha256, {"image": data, **{k: rec[k] for k in _TEXT_FIELDS},
+                                  "tags": json.dumps(rec["tags"], sort_keys=True)}

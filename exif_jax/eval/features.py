@@ -116,7 +116,8 @@ def extract_features(data_dir: str, embedders: Mapping[str, PatchEmbedder], *, c
                 feats[name].append(embed_crops(e, crops, batch=batch, mesh=mesh))
             pending.clear()
 
-    bar = tqdm(read_records(data_dir), desc="features", unit="photo", disable=not progress, file=sys.stderr)
+    bar = tqdm(read_records(data_dir, with_image=True), desc="features", unit="photo", disable=not progress,
+               file=sys.stderr)
     for i, rec in enumerate(bar):
         if max_photos is not None and len(photos) >= max_photos:
             break
