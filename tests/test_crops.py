@@ -30,10 +30,17 @@ def index_of(rw: jpeg_restart.Rewritten) -> crops.FastIndex:
 
 
 def positions(h: int, w: int, size: int, n: int, seed: int) -> list[tuple[int, int]]:
-    """The four corners, then n uniform positions."""
+    """The four corners, n uniform positions, and n whose edges hug 16-px MCU boundaries (0, +-1 px, or
+    the far edge on one), where a region decode without enough chroma context would differ."""
     rng = np.random.default_rng(seed)
     corners = [(0, 0), (0, w - size), (h - size, 0), (h - size, w - size)]
-    return corners + [(int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))) for _ in range(n)]
+    uniform = [(int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))) for _ in range(n)]
+    hug = []
+    for _ in range(n):
+        y, x = (16 * int(rng.integers(0, max(1, (m - size) // 16 + 1))) for m in (h, w))
+        dy, dx = rng.choice([0, 1, -1, -(size % 16), 16 - size % 16], 2)
+        hug.append((int(np.clip(y + dy, 0, h - size)), int(np.clip(x + dx, 0, w - size))))
+    return corners + uniform + hug
 
 
 def check_exact(data: bytes, sizes=(128, 64, 17), n: int = 12, seed: int = 0) -> int:
@@ -65,11 +72,11 @@ def test_bundled_photos_region_decode_exact(path):
 
 @pytest.mark.skipif(not FULLRES, reason=f"camera originals not found at {SHARED / 'fullres'}")
 def test_fullres_camera_originals_region_decode_exact():
-    """All 21 whole 8-16 MP camera originals (4:2:2 and 4:2:0): 16 crops each at 128 px, max |diff| 0."""
+    """All 21 whole 8-16 MP camera originals (4:2:2 and 4:2:0): 28 crops each at 128 px, max |diff| 0."""
     index = {json.loads(ln)["file"] for ln in (SHARED / "fullres" / "index.jsonl").read_text().splitlines() if ln}
     assert {p.name for p in FULLRES} == index
     checked = sum(check_exact(p.read_bytes(), sizes=(128,), seed=i) for i, p in enumerate(FULLRES))
-    assert checked == 16 * len(FULLRES)
+    assert checked == 28 * len(FULLRES)
 
 
 def encode(size=(200, 152), **kw) -> bytes:

@@ -164,8 +164,9 @@ def test_epochs_reshuffle_and_recrop(data_dir):
     assert not np.array_equal(e0, e1)  # a new order each epoch
 
 
-def test_restore_state_gives_identical_next_batches(data_dir):
-    cfg = make_config(data_dir)
+@pytest.mark.parametrize("k", [1, 2, 3])  # 1: batched by index; 2: spread over a window; 3: a group straddles
+def test_restore_state_gives_identical_next_batches(data_dir, k):
+    cfg = make_config(data_dir, crops_per_image=k, spread_window=0 if k < 3 else 1)
     loader = pipeline.make_loader(cfg, ByteTokenizer(), seed=1, process_index=0, process_count=1)
     it = iter(loader)
     try:

@@ -130,3 +130,21 @@ def test_cli_train_tokenizer_from_built_data(tmp_path):
     tok = Tokenizer(str(tmp_path / "d.model"), max_len=256)
     for rec in build.read_records(str(out)):
         assert tok.decode(tok.encode(rec["text"])) == rec["text"]
+
+
+def test_long_texts_encode_only_what_a_row_keeps():
+    """encode() tokenizes only a prefix of long texts (cut before a tag label); rows equal encoding it all."""
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "photos"
+    paths = sorted(PHOTOS.glob("*.jpg")) + sorted(shared.glob("*.jpg"))
+    texts = [exif.render_text(exif.read_tags(str(p))) for p in paths]
+    texts += ["x" * 3000, "a " * 2000, "Make: " + "1234567890" * 300 + " end", "",  # nowhere to cut; empty
+              "Make: A, Model: B  , Flash: x" * 40, "Make: Ltd., Model: Ltd.,, Model: q" * 60]  # odd spacing
+    for max_len in (2, 8, 16, 64, 128, 512):
+        tok = Tokenizer(max_len=max_len)
+        for t in texts:
+            whole = np.full((max_len,), tok.pad_id, np.int32)
+            ids = tok.sp.encode(t)[: max_len - 1] + [tok.eos_id]
+            whole[: len(ids)] = ids
+            np.testing.assert_array_equal(tok.encode(t), whole, err_msg=f"max_len {max_len}: {t[:60]}")
+    assert ", Model:" in Tokenizer(max_len=64)._labels  # the bundled model takes the short cut
+

@@ -1,9 +1,9 @@
 """Native-resolution crops from a stored JPEG: the fast region decode, and the whole-photo fallback.
 
 Fast path (a stream rewritten with a restart marker after every MCU, see jpeg_restart): the MCUs covering
-the crop plus one MCU of margin on each side (chroma upsampling reads neighbouring samples; at the photo's
-own edges there is no margin and none is needed, the edge is the same edge) are cut out as a small
-standalone JPEG: the stored header with the frame size patched, the MCUs' bytes row by row, the RST
+the crop, widened where needed so one pixel of real context surrounds it along each chroma-subsampled axis
+(chroma upsampling reads the neighbouring chroma sample; at the photo's own edges the edge is the same
+edge), are cut out as a small standalone JPEG: the stored header with the frame size patched, the MCUs' bytes row by row, the RST
 markers renumbered 0..7 in their new order, EOI. Pillow's libjpeg-turbo decodes it; the crop is cut from
 that. A 128-px crop of a 12-MP photo touches ~12x12 MCUs (~10-20 KB) instead of the whole photo.
 
@@ -34,36 +34,72 @@ class FastIndex(TypedDict):
 
 
 def region_jpeg(stream: memoryview | bytes, row_starts: np.ndarray, lengths: np.ndarray, index: FastIndex,
-                height: int, width: int, y: int, x: int, h: int, w: int) -> tuple[bytes, int, int]:
-    """A standalone JPEG covering rows y..y+h, columns x..x+w plus margin; returns (jpeg, y0, x0), the
-    pixel position of its top-left corner in the photo.
+                height: int, width: int, y: int, x: int, h: int, w: int) -> tuple[bytes, int, int, int, int]:
+    """A standalone JPEG covering rows y..y+h, columns x..x+w plus context; returns (jpeg, y0, x0, ph, pw):
+    the pixel position of its top-left corner in the photo, and its size.
 
     row_starts [mcus_y + 1] and lengths [mcus_y, mcus_x] give MCU (r, c)'s bytes in `stream`.
     """
     mh, mw = index["mcu_h"], index["mcu_w"]
     my, mx = lengths.shape
-    r0, r1 = max(0, y // mh - 1), min(my, -(-(y + h) // mh) + 1)
-    c0, c1 = max(0, x // mw - 1), min(mx, -(-(x + w) // mw) + 1)
+    # libjpeg's fancy upsampling of subsampled chroma treats the small JPEG's first and last pixel row or
+    # column as an image edge (it repeats the chroma sample instead of reading its neighbour): keep one
+    # pixel of real context on each side of the crop along a subsampled axis (MCU of 16 px); 8-px MCUs
+    # mean no subsampling along that axis and need none.
+    gy, gx = int(mh > 8), int(mw > 8)
+    r0, r1 = max(0, (y - gy) // mh), min(my, -(-(y + h + gy) // mh))
+    c0, c1 = max(0, (x - gx) // mw), min(mx, -(-(x + w + gx) // mw))
     ph, pw = min(r1 * mh, height) - r0 * mh, min(c1 * mw, width) - c0 * mw
-    ends = np.cumsum(lengths[r0:r1, :c1], axis=1, dtype=np.int64)  # MCU c ends at row start + ends[., c]
-    before = ends[:, c0 - 1] if c0 > 0 else np.zeros(r1 - r0, np.int64)
-    rows = row_starts[r0:r1].astype(np.int64)
-    seg_start, seg_end = rows + before, rows + ends[:, c1 - 1]
-    body = bytearray(b"".join(stream[s:e] for s, e in zip(seg_start.tolist(), seg_end.tolist())))
+    # Byte offsets of MCU c0 .. c1 (ends included) in each row: cumulative lengths from the row start.
+    ends = np.cumsum(lengths[r0:r1, :c1], axis=1, dtype=np.int64)
+    ends += row_starts[r0:r1, None]
+    starts = ends[:, c0 - 1] if c0 else row_starts[r0:r1].astype(np.int64)
+    spans = np.column_stack((starts, ends[:, -1])).tolist()
+    body = bytearray().join([stream[a:b] for a, b in spans])
     # Every copied MCU but the photo's very last one ends in a 2-byte RST marker: number them in order.
-    seg_len = seg_end - seg_start
-    mcu_ends = (np.cumsum(seg_len) - seg_len)[:, None] + ends[:, c0:c1] - before[:, None]
-    marked = mcu_ends.ravel()[:-1]
-    # The last copied MCU carries a marker unless it is the photo's last; the small JPEG ends without one.
-    trim = 0 if (r1 == my and c1 == mx) else 2
-    arr = np.frombuffer(body, np.uint8)
-    arr[marked - 1] = 0xD0 + (np.arange(marked.size) & 7)
-    del arr
-    if trim:
-        del body[-trim:]
+    shift = np.cumsum(ends[:, -1] - starts) - ends[:, -1]  # row i's bytes start at starts[i] + shift[i]
+    marked = (ends[:, c0:] + shift[:, None]).ravel()[:-1] - 1
+    np.frombuffer(body, np.uint8)[marked] = _RST[: marked.size]
+    if not (r1 == my and c1 == mx):
+        del body[-2:]  # the small JPEG's last MCU takes no marker
     hl, at = index["header_len"], index["sof_hw_at"]
-    header = bytes(stream[:at]) + struct.pack(">HH", ph, pw) + bytes(stream[at + 4:hl])
-    return header + bytes(body) + b"\xff\xd9", r0 * mh, c0 * mw
+    return (b"".join((stream[:at], struct.pack(">HH", ph, pw), stream[at + 4:hl], body, b"\xff\xd9")),
+            r0 * mh, c0 * mw, ph, pw)
+
+
+_RST = np.resize(np.arange(0xD0, 0xD8, dtype=np.uint8), 1 << 16)  # RST0..7 repeated, to number markers
+
+
+def _decode_sized(data: bytes, width: int, height: int, what: str) -> np.ndarray:
+    """Decode a JPEG whose frame size we wrote ourselves, straight into an image of that size; uint8
+    [height, width, 3].
+
+    The same libjpeg decompression as Image.open(...).load() (same decoder, arguments and settings: the
+    pixels are identical, tested) without Pillow's marker parsing in Python, which costs as much as
+    decoding a small region. (Decoding to RGBX would skip Pillow's RGB packing, but numpy then copies
+    the 3-of-4-byte view four times slower than the packing costs.)
+    """
+    im = Image.new("RGB", (width, height))
+    dec = Image._getdecoder("RGB", "jpeg", ("RGB", ""))
+    try:
+        dec.setimage(im.im, (0, 0, width, height))
+        consumed, err = dec.decode(data)
+    finally:
+        dec.cleanup()
+    if consumed >= 0 or err < 0:  # consumed < 0: the decoder finished; err < 0: libjpeg reported an error
+        raise ValueError(f"{what}: region decode failed (libjpeg status {err}); the pixel file may be damaged")
+    return np.frombuffer(im.tobytes(), np.uint8).reshape(height, width, 3)
+
+
+def crops_fast(stream: memoryview | bytes, row_starts: np.ndarray, lengths: np.ndarray, index: FastIndex,
+               height: int, width: int, positions: Sequence[tuple[int, int]], size: int,
+               what: str = "<bytes>") -> np.ndarray:
+    """size x size crops at (y, x) positions via region decodes; uint8 [k, size, size, 3]."""
+    out = np.empty((len(positions), size, size, 3), np.uint8)
+    for i, (y, x) in enumerate(positions):
+        jpeg, y0, x0, ph, pw = region_jpeg(stream, row_starts, lengths, index, height, width, y, x, size, size)
+        out[i] = _decode_sized(jpeg, pw, ph, what)[y - y0:y - y0 + size, x - x0:x - x0 + size]
+    return out
 
 
 def _decode(data: bytes, what: str) -> Image.Image:
@@ -74,18 +110,6 @@ def _decode(data: bytes, what: str) -> Image.Image:
         return im if im.mode == "RGB" else im.convert("RGB")
     except Exception as e:  # PIL raises many types; the caller needs to know which photo broke
         raise ValueError(f"{what}: cannot decode image: {e}") from e
-
-
-def crops_fast(stream: memoryview | bytes, row_starts: np.ndarray, lengths: np.ndarray, index: FastIndex,
-               height: int, width: int, positions: Sequence[tuple[int, int]], size: int,
-               what: str = "<bytes>") -> np.ndarray:
-    """size x size crops at (y, x) positions via region decodes; uint8 [k, size, size, 3]."""
-    out = np.empty((len(positions), size, size, 3), np.uint8)
-    for i, (y, x) in enumerate(positions):
-        jpeg, y0, x0 = region_jpeg(stream, row_starts, lengths, index, height, width, y, x, size, size)
-        im = _decode(jpeg, what)
-        out[i] = np.asarray(im)[y - y0:y - y0 + size, x - x0:x - x0 + size]
-    return out
 
 
 def crops_full(jpeg: memoryview | bytes, positions: Sequence[tuple[int, int]], size: int,
