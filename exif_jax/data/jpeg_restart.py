@@ -21,25 +21,43 @@ import numpy as np
 from exif_jax.data import jpeg_parse
 from exif_jax.data.jpeg_parse import NotFastPath
 
+_MASK56 = (1 << 56) - 1
 # Error codes of _rewrite (0 = ok).
 _ERRORS = {1: "bad_huffman_code", 2: "coefficient_overrun", 3: "truncated_scan", 4: "bad_restart_marker",
            5: "dc_out_of_range", 6: "trailing_data"}
 
 
-def _lookup_table(bits: tuple[int, ...], vals: bytes) -> np.ndarray:
-    """65536-entry decode table: for every 16-bit window, (code length << 8) | symbol, 0 if no code."""
-    lut = np.zeros(1 << 16, np.uint16)
+FAST_BITS = 10  # codes up to this long decode with one table lookup; longer ones (rare) walk the lengths
+
+
+def _decode_tables(bits: tuple[int, ...], vals: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(fast, maxcode, valoff, values) for one Huffman table (JPEG F.2.2.3 with a lookahead table).
+
+    fast[2**FAST_BITS]: (code length << 8) | symbol for every FAST_BITS-bit window starting with a short code,
+    0 otherwise; maxcode[17]: the largest code of each length (-1: none); a code c of length l is symbol
+    values[valoff[l] + c]. Kept small (2 KB) so the tables stay in L1 while the scan streams past.
+    """
+    fast = np.zeros(1 << FAST_BITS, np.uint16)
+    maxcode = np.full(17, -1, np.int64)
+    valoff = np.zeros(17, np.int64)
     code, k = 0, 0
     for length in range(1, 17):
-        for _ in range(bits[length - 1]):
-            if code >= (1 << length):
+        n = bits[length - 1]
+        if n:
+            if code + n > (1 << length):
                 raise NotFastPath("bad_huffman", "over-subscribed code lengths")
-            lo = code << (16 - length)
-            lut[lo:lo + (1 << (16 - length))] = (length << 8) | vals[k]
-            code += 1
-            k += 1
+            valoff[length] = k - code
+            maxcode[length] = code + n - 1
+            if length <= FAST_BITS:
+                for j in range(n):
+                    lo = (code + j) << (FAST_BITS - length)
+                    fast[lo:lo + (1 << (FAST_BITS - length))] = (length << 8) | vals[k + j]
+        code += n
+        k += n
         code <<= 1
-    return lut
+    values = np.zeros(256, np.int64)
+    values[:len(vals)] = np.frombuffer(bytes(vals), np.uint8)
+    return fast, maxcode, valoff, values
 
 
 def _encode_table(bits: tuple[int, ...], vals: bytes) -> tuple[np.ndarray, np.ndarray]:
@@ -56,19 +74,19 @@ def _encode_table(bits: tuple[int, ...], vals: bytes) -> tuple[np.ndarray, np.nd
 
 
 @numba.njit(cache=True, nogil=True)
-def _rewrite(data, start, dc_lut, ac_lut, dc_code, dc_len, ac_code, ac_len, blk_comp, blk_dc, blk_ac,
-             n_mcu, restart_in, out, offsets):  # pragma: no cover - compiled; tested through rewrite()
+def _rewrite(data, start, fast, maxcode, valoff, values, dc_code, dc_len, ac_code, ac_len, blk_comp, blk_dc,
+             blk_ac, n_mcu, restart_in, out, offsets):  # pragma: no cover - compiled; tested through rewrite()
     """Decode + re-encode every MCU. Returns (error, bytes written, input position after the scan)."""
     n = data.shape[0]
     ncomp = 3
     pred = np.zeros(ncomp, np.int64)
     newpred = np.zeros(ncomp, np.int64)
     pos = start
-    buf = np.uint64(0)
-    cnt = 0            # valid bits in buf (low end)
+    buf = 0
+    cnt = 0            # valid bits in buf (low end); at most 56, so int64 arithmetic never overflows
     hit = False        # reader stopped at a marker (or the end); zero bits are fed from then on
     phantom = 0        # zero bytes fed after `hit`
-    wbuf = np.uint64(0)
+    wbuf = 0
     wcnt = 0
     op = 0
     nblk = blk_comp.shape[0]
@@ -83,7 +101,7 @@ def _rewrite(data, start, dc_lut, ac_lut, dc_code, dc_len, ac_code, ac_len, blk_
                 return 4, op, pos
             pos += 2
             rst_next = (rst_next + 1) & 7
-            buf = np.uint64(0)
+            buf = 0
             cnt = 0
             hit = False
             phantom = 0
@@ -98,9 +116,9 @@ def _rewrite(data, start, dc_lut, ac_lut, dc_code, dc_len, ac_code, ac_len, blk_
             k = 0
             while k < 64:
                 # refill to > 56 bits; stuffed 0xFF00 -> 0xFF; stop feeding real bytes at a marker
-                while cnt <= 56:
+                while cnt <= 48:
                     if hit:
-                        buf = (buf << np.uint64(8))
+                        buf = (buf << 8) & _MASK56
                         cnt += 8
                         phantom += 1
                         continue
@@ -120,17 +138,21 @@ def _rewrite(data, start, dc_lut, ac_lut, dc_code, dc_len, ac_code, ac_len, blk_
                             continue
                     else:
                         pos += 1
-                    buf = (buf << np.uint64(8)) | np.uint64(byte)
+                    buf = ((buf << 8) | byte) & _MASK56
                     cnt += 8
-                look = int((buf >> np.uint64(cnt - 16)) & np.uint64(0xFFFF))
-                if k == 0:
-                    e = dc_lut[blk_dc[b], look]
+                look = (buf >> (cnt - 16)) & 0xFFFF
+                t = blk_dc[b] if k == 0 else 4 + blk_ac[b]  # tables 0-3: DC, 4-7: AC
+                e = np.int64(fast[t, look >> (16 - FAST_BITS)])
+                if e:
+                    length = e >> 8
+                    sym = e & 0xFF
                 else:
-                    e = ac_lut[blk_ac[b], look]
-                length = e >> 8
-                if length == 0:
-                    return 1, op, pos
-                sym = e & 0xFF
+                    length = FAST_BITS + 1
+                    while length <= 16 and (look >> (16 - length)) > maxcode[t, length]:
+                        length += 1
+                    if length > 16:
+                        return 1, op, pos
+                    sym = values[t, valoff[t, length] + (look >> (16 - length))]
                 cnt -= length
                 if k == 0:
                     s = sym
@@ -138,7 +160,7 @@ def _rewrite(data, start, dc_lut, ac_lut, dc_code, dc_len, ac_code, ac_len, blk_
                         return 5, op, pos
                     diff = 0
                     if s > 0:
-                        v = int((buf >> np.uint64(cnt - s)) & np.uint64((1 << s) - 1))
+                        v = (buf >> (cnt - s)) & ((1 << s) - 1)
                         cnt -= s
                         diff = v if v >= (1 << (s - 1)) else v - (1 << s) + 1
                     pred[c] += diff
@@ -153,24 +175,24 @@ def _rewrite(data, start, dc_lut, ac_lut, dc_code, dc_len, ac_code, ac_len, blk_
                         return 5, op, pos
                     t = blk_dc[b]
                     # write code, then the value bits (negative: one's complement in s2 bits)
-                    code = np.uint64(dc_code[t, s2])
+                    code = np.int64(dc_code[t, s2])
                     clen = dc_len[t, s2]
                     if s2 > 0:
                         vb = nd if nd >= 0 else nd + (1 << s2) - 1
-                        code = (code << np.uint64(s2)) | np.uint64(vb)
+                        code = (code << s2) | vb
                         clen += s2
-                    wbuf = (wbuf << np.uint64(clen)) | code
+                    wbuf = (wbuf << clen) | code
                     wcnt += clen
                     k = 1
                 else:
                     r = sym >> 4
                     s = sym & 15
-                    code = np.uint64(ac_code[blk_ac[b], sym])
+                    code = np.int64(ac_code[blk_ac[b], sym])
                     clen = ac_len[blk_ac[b], sym]
                     if s > 0:
-                        v = int((buf >> np.uint64(cnt - s)) & np.uint64((1 << s) - 1))
+                        v = (buf >> (cnt - s)) & ((1 << s) - 1)
                         cnt -= s
-                        code = (code << np.uint64(s)) | np.uint64(v)
+                        code = (code << s) | v
                         clen += s
                         k += r + 1
                         if k > 64:
@@ -181,30 +203,32 @@ def _rewrite(data, start, dc_lut, ac_lut, dc_code, dc_len, ac_code, ac_len, blk_
                             return 2, op, pos
                     else:
                         k = 64  # EOB
-                    wbuf = (wbuf << np.uint64(clen)) | code
+                    wbuf = (wbuf << clen) | code
                     wcnt += clen
                 # flush whole bytes, stuffing 0x00 after every 0xFF
                 while wcnt >= 8:
-                    byte = int((wbuf >> np.uint64(wcnt - 8)) & np.uint64(0xFF))
+                    byte = (wbuf >> (wcnt - 8)) & 0xFF
                     out[op] = byte
                     op += 1
                     if byte == 0xFF:
                         out[op] = 0
                         op += 1
                     wcnt -= 8
+                wbuf &= (1 << wcnt) - 1
         if cnt < 8 * phantom:
             return 3, op, pos  # decoding read zero bits that the file does not have
         # pad the MCU to a byte with 1-bits, then RSTn (none after the last MCU)
         if wcnt > 0:
             pad = 8 - wcnt
-            wbuf = (wbuf << np.uint64(pad)) | np.uint64((1 << pad) - 1)
-            byte = int(wbuf & np.uint64(0xFF))
+            wbuf = (wbuf << pad) | ((1 << pad) - 1)
+            byte = wbuf & 0xFF
             out[op] = byte
             op += 1
             if byte == 0xFF:
                 out[op] = 0
                 op += 1
             wcnt = 0
+            wbuf = 0
         if m + 1 < n_mcu:
             out[op] = 0xFF
             out[op + 1] = 0xD0 + (m & 7)
@@ -255,16 +279,18 @@ def rewrite(data: bytes) -> Rewritten:
     std = {th: (0 if th == js.scan_tables[0][0] else 1) for th in dc_ids}
     header, sof_hw_at = jpeg_parse.rewritten_header(js, std)
 
-    dc_lut = np.zeros((4, 1 << 16), np.uint16)
-    ac_lut = np.zeros((4, 1 << 16), np.uint16)
+    fast = np.zeros((8, 1 << FAST_BITS), np.uint16)
+    maxcode = np.full((8, 17), -1, np.int64)
+    valoff = np.zeros((8, 17), np.int64)
+    values = np.zeros((8, 256), np.int64)
     dc_code, dc_len = np.zeros((4, 256), np.uint32), np.zeros((4, 256), np.uint8)
     ac_code, ac_len = np.zeros((4, 256), np.uint32), np.zeros((4, 256), np.uint8)
     for (tc, th), (bits, vals) in js.huffman.items():
         if tc == 0 and th in std:
-            dc_lut[th] = _lookup_table(bits, vals)
+            fast[th], maxcode[th], valoff[th], values[th] = _decode_tables(bits, vals)
             dc_code[th], dc_len[th] = _encode_table(jpeg_parse.STD_DC_BITS[std[th]], bytes(jpeg_parse.STD_DC_VALS))
         elif tc == 1:
-            ac_lut[th] = _lookup_table(bits, vals)
+            fast[4 + th], maxcode[4 + th], valoff[4 + th], values[4 + th] = _decode_tables(bits, vals)
             ac_code[th], ac_len[th] = _encode_table(bits, vals)
     blk_comp, blk_dc, blk_ac = [], [], []
     for i, (c, (td, ta)) in enumerate(zip(js.components, js.scan_tables)):
@@ -279,7 +305,8 @@ def rewrite(data: bytes) -> Rewritten:
     cap = len(data) - js.entropy_start + 4 * n_mcu + 65536
     while True:
         out = np.empty(cap, np.uint8)
-        err, n_out, _ = _rewrite(src, js.entropy_start, dc_lut, ac_lut, dc_code, dc_len, ac_code, ac_len,
+        err, n_out, _ = _rewrite(src, js.entropy_start, fast, maxcode, valoff, values, dc_code, dc_len, ac_code,
+                                 ac_len,
                                  np.array(blk_comp, np.int64), np.array(blk_dc, np.int64),
                                  np.array(blk_ac, np.int64), n_mcu, js.restart_interval, out, offsets)
         if err != -1:
