@@ -63,7 +63,7 @@ class _Page(HTMLParser):
 
     def __init__(self):
         super().__init__()
-        self.srcs, self.hrefs, self.rows, self.summary, self._in = [], [], [], [], []
+        self.srcs, self.hrefs, self.rows, self.summary, self._in, self._cell = [], [], [], [], [], False
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
@@ -89,7 +89,7 @@ class _Page(HTMLParser):
             self._cell = False
 
     def handle_data(self, data):
-        if getattr(self, "_cell", False):
+        if self._cell:
             self.summary[-1][-1] += data
 
 
@@ -100,9 +100,9 @@ def _parse(path: Path) -> _Page:
 
 
 def _md_cells(md: str) -> list[list[str]]:
-    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in md.splitlines()
+    """The cells of a Markdown table's header and body rows (not the |---| divider)."""
+    return [[c.strip() for c in line.strip().strip("|").split("|")] for line in md.splitlines()
             if line.startswith("| ")]
-    return rows
 
 
 def test_eval_report_files_and_numbers(eval_out, tiny_workdir):
@@ -113,6 +113,7 @@ def test_eval_report_files_and_numbers(eval_out, tiny_workdir):
     text = html.read_text()
     # The model is named in the header; the dataset too.
     assert re.search(r'<p id="model">Model: .*learned.*model:' + re.escape(str(tiny_workdir[0])), text)
+    assert f"<dd>{report['dataset']}</dd>" in text
     assert "noise" in text and "broken" in text  # the baseline's name; the failed image listed
     # One row per evaluated image (the broken one is left out), labels from the manifest.
     assert len(page.rows) == 8 and page.rows.count("spliced") == 4
@@ -124,7 +125,7 @@ def test_eval_report_files_and_numbers(eval_out, tiny_workdir):
     assert not re.search(r"(src|href)=\"(https?:)?//", text)
     # The summary table holds exactly the cells metrics.md prints (both rows per method).
     md = _md_cells((eval_out / "metrics.md").read_text())
-    assert page.summary == md  # (the Markdown divider row has no "| " cells)
+    assert page.summary == md
     assert [r[:2] for r in page.summary[1:]] == [[m, k] for m in METHODS for k in ("spliced only", "all images")]
     # Per-image numbers are the CSV's.
     with open(eval_out / "per_image.csv") as f:

@@ -113,7 +113,8 @@ def write_html(path: str, *, title: str, models: Mapping[str, str], rows: Sequen
 
     models: method -> the model it ran (checkpoint path or baseline name), in column order.
     rows: {"name", "label" (1 spliced, 0 authentic, None unknown), "photo", "mask", "maps" (write_thumbnails'
-      output), "href" / "map_hrefs" {method: ...} (optional links of the photo / maps), "values": {method: {column key: float or None}}}.
+      output), "values": {method: {column key: float or None}}, and optional links "href" (of the photo)
+      and "map_hrefs" {method: link}}.
     columns: (key, header, tooltip) of the score columns shown per method. summary: {"head", "rows"} cells.
     """
     methods = list(models)
@@ -143,7 +144,7 @@ def write_html(path: str, *, title: str, models: Mapping[str, str], rows: Sequen
             cells.append(_img(r["maps"].get(m), f"{m} map", r.get("map_hrefs", {}).get(m)))
             vals = r["values"].get(m, {})
             cells += [_num(vals.get(key)) for key, _, _ in columns]
-        body.append(f'<tr data-label="{"" if label is None else LABELS[label]}">{"".join(cells)}</tr>')
+        body.append(f'<tr data-label="{LABELS.get(label, "")}">{"".join(cells)}</tr>')
 
     n_spliced = sum(r.get("label") == 1 for r in rows)
     controls = ""
