@@ -8,9 +8,11 @@ Every method runs in the same harness over every image: the same patch size (the
 Outputs in OUT: metrics.md / metrics.json (rows method x {spliced only, all images}; localization columns
 from metrics.summarize, detection AP / ROC-AUC for each detection score the localizer emits: score_mean is
 the paper's, score_ms and score_ncut the consensus alternatives), per_image.csv (one row per method and
-image: the per-image numbers every table cell is the mean of), and heatmaps/ (image, mask, map) of the best
-and worst spliced images by per-image AP. Images that cannot be read or are too small are counted, listed
-with the reason, and left out of every method's rows; they never stop the run.
+image: the per-image numbers every table cell is the mean of), heatmaps/ (image, mask, map) of the best
+and worst spliced images by per-image AP, and report.html (report.py: every image's thumbnail, mask and
+map overlays side by side with its scores, sortable and filterable, under the same table; thumbnails in
+report_files/). Images that cannot be read or are too small are counted, listed with the reason, and left
+out of every method's rows; they never stop the run.
 """
 from __future__ import annotations
 
@@ -25,11 +27,15 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from exif_jax.eval import metrics as M
+from exif_jax.eval.localize import REPORT_COLUMNS as SCORE_COLUMNS
 from exif_jax.eval.patches import NUM_PER_DIM, PatchEmbedder
 
 SCORES = ("score_mean", "score_ms", "score_ncut")
 BASELINE_METHOD = {"noise": "classical", "random": "random"}
 CSV_FIELDS = ("method", "name", "label", "path", "height", "width", *SCORES, *M.LOCALIZATION_KEYS)
+# Per method in report.html: (record key, header, tooltip).
+REPORT_COLUMNS = (("ap", "p-mAP", "this image's pixel AP (max over map and inverse); undefined for authentic images, "
+                   "which the 'all images' row counts as 0"), *SCORE_COLUMNS)
 _LOC_COLUMNS = (("ap", "p-mAP"), ("ciou", "cIoU"), ("mcc", "MCC"), ("f1", "F1"), ("ciou@0.5", "cIoU@0.5"),
                 ("mcc@0.5", "MCC@0.5"), ("f1@0.5", "F1@0.5"))
 
@@ -115,9 +121,10 @@ def _csv_value(v: Any) -> Any:
 def evaluate(samples: Sequence[Any], embedders: Mapping[str, PatchEmbedder], out_dir: str, *,
              consensus: str = "meanshift", stride: int | None = None, num_per_dim: int = NUM_PER_DIM,
              batch: int = 256, show: int = 3, progress: bool = True, dataset: str = "") -> dict[str, Any]:
-    """Localize every sample with every method; write per_image.csv, metrics.json/.md and heatmaps/."""
+    """Localize every sample with every method; write per_image.csv, metrics.json/.md, heatmaps/, report.html."""
     from tqdm import tqdm
 
+    from exif_jax.eval import report as html_report
     from exif_jax.eval.datasets import load_mask
     from exif_jax.eval.features import write_report
     from exif_jax.eval.localize import localize_image, read_photo
@@ -126,6 +133,7 @@ def evaluate(samples: Sequence[Any], embedders: Mapping[str, PatchEmbedder], out
     records: dict[str, list[dict[str, Any]]] = {m: [] for m in embedders}
     extremes = {m: _Extremes(show) for m in embedders}
     failed: list[dict[str, str]] = []
+    rows: list[dict[str, Any]] = []  # report.html
     with open(os.path.join(out_dir, "per_image.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, restval="")
         writer.writeheader()
@@ -141,6 +149,7 @@ def evaluate(samples: Sequence[Any], embedders: Mapping[str, PatchEmbedder], out
                 failed.append({"name": sample.name, "path": path, "reason": str(e)})
                 bar.set_postfix(failed=len(failed))
                 continue
+            values: dict[str, dict[str, Any]] = {}
             for m, loc in locs.items():
                 if mask is not None and loc.map.shape != mask.shape:
                     raise AssertionError(f"{path}: {m} map {loc.map.shape} != mask {mask.shape}")
@@ -149,15 +158,36 @@ def evaluate(samples: Sequence[Any], embedders: Mapping[str, PatchEmbedder], out
                 rec.update(method=m, path=path, height=image.shape[0], width=image.shape[1],
                            **{s: loc.scores[s] for s in SCORES})
                 records[m].append(rec)
+                values[m] = {k: rec.get(k) for k, _, _ in REPORT_COLUMNS}
                 writer.writerow({k: _csv_value(rec[k]) for k in CSV_FIELDS if k in rec})
                 if sample.label == 1 and np.isfinite(rec.get("ap", math.nan)):
                     extremes[m].add(rec["ap"], (sample, loc.map.astype(np.float32), mask))
+            thumbs = html_report.write_thumbnails(out_dir, f"{len(rows) + 1:05d}", image,
+                                                  {m: loc.map for m, loc in locs.items()}, mask)
+            rows.append({"name": sample.name, "label": int(sample.label), **thumbs,
+                         "href": html_report.relative_href(path, out_dir), "values": values})
     heatmaps = _write_heatmaps(extremes, out_dir)
     report = {"dataset": dataset, "consensus": consensus, "n_samples": len(samples),
               "n_failed": len(failed), "failed": failed, "heatmaps": heatmaps,
               "methods": {m: summarize_method(recs) for m, recs in records.items()}}
+    report["report_html"] = _write_html(report, rows, embedders, out_dir)
     write_report(out_dir, "metrics", report, to_markdown(report))
+    print(f"exif-jax eval-localize: wrote {report['report_html']}", file=sys.stderr)
     return report
+
+
+def _write_html(report: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
+                embedders: Mapping[str, PatchEmbedder], out_dir: str) -> str:
+    from exif_jax.eval import report as html_report
+
+    n_ok = report["n_samples"] - report["n_failed"]
+    meta = [("dataset", report["dataset"]), ("consensus", report["consensus"]),
+            ("patch", str(next(iter(embedders.values())).patch_size)),
+            ("images", f"{n_ok} evaluated ({sum(r['label'] for r in rows)} spliced), {report['n_failed']} failed")]
+    return html_report.write_html(
+        os.path.join(out_dir, "report.html"), title=f"exif-jax eval-localize: {report['dataset']}",
+        models={m: e.name for m, e in embedders.items()}, rows=rows, columns=REPORT_COLUMNS, meta=meta,
+        summary=summary_table(report), notes=(*_NOTES, *M.CONVENTIONS), failed=report["failed"])
 
 
 def _write_heatmaps(extremes: Mapping[str, _Extremes], out_dir: str) -> list[str]:
@@ -193,12 +223,11 @@ def _fmt(x: Any) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
 
 
-def to_markdown(report: Mapping[str, Any]) -> str:
-    """The metrics table: rows method x images, localization and per-score detection columns."""
+def summary_table(report: Mapping[str, Any]) -> dict[str, list]:
+    """{"head", "rows"}: the metrics table's cells (rows method x images), shared by metrics.md and report.html."""
     det_cols = [f"det {k} {s}" for s in SCORES for k in ("AP", "AUC")]
     head = ["method", "images", "n", *(h for _, h in _LOC_COLUMNS), *det_cols, "best det score"]
-    lines = [f"### eval-localize: {report['dataset']} (consensus {report['consensus']})", "",
-             "| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
+    rows = []
     for m, t in report["methods"].items():
         for key, label in (("spliced_only", "spliced only"), ("all_images", "all images")):
             row = t["localization"][key]
@@ -208,12 +237,24 @@ def to_markdown(report: Mapping[str, Any]) -> str:
                 cells.append(t["best_detection_score"] or "n/a")
             else:  # no authentic images: detection is undefined
                 cells += ["-"] * (len(det_cols) + 1)
-            lines.append("| " + " | ".join(cells) + " |")
+            rows.append(cells)
+    return {"head": head, "rows": rows}
+
+
+_NOTES = ("Detection scores: score_mean = the paper's (mean patch consistency), score_ms = mean-shift consensus, "
+          "score_ncut = normalized-cut; 'best det score' = highest detection AP (ties: AUC).",
+          "Localization uses the chosen consensus map; per-image numbers are in per_image.csv.")
+
+
+def to_markdown(report: Mapping[str, Any]) -> str:
+    """The metrics table: rows method x images, localization and per-score detection columns."""
+    table = summary_table(report)
+    lines = [f"### eval-localize: {report['dataset']} (consensus {report['consensus']})", "",
+             "| " + " | ".join(table["head"]) + " |", "|---|---|" + "---:|" * (len(table["head"]) - 2)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in table["rows"]]
     lines += ["", f"- Images: {report['n_samples']}, failed (left out of every row): {report['n_failed']}."]
     lines += [f"  - {f['name']}: {f['reason']}" for f in report["failed"][:20]]
-    lines += ["- Detection scores: score_mean = the paper's (mean patch consistency), score_ms = mean-shift "
-              "consensus, score_ncut = normalized-cut; 'best det score' = highest detection AP (ties: AUC).",
-              "- Localization uses the chosen consensus map; per-image numbers are in per_image.csv."]
+    lines += [f"- {n}" for n in _NOTES]
     lines += [f"- {c}" for c in M.CONVENTIONS]
     return "\n".join(lines) + "\n"
 

@@ -1,9 +1,11 @@
-"""Zero-shot splice localization and detection: `exif-jax localize PHOTO... --checkpoint DIR -o OUT`.
+"""Zero-shot splice localization and detection: `exif-jax localize PHOTO|FOLDER... --checkpoint DIR -o OUT`.
 
-For each photo: embed every grid patch (patches.py), compare all patch pairs, spread the votes and find the
-consensus (consensus.py), then write OUT/<stem>.png (the map over the photo, with a colorbar), OUT/<stem>.npy
-(the raw [H, W] f32 map: high = inconsistent with most of the photo) and one JSON line of scores (stdout and
-OUT/scores.jsonl). `localize_image` is the reusable part: one decoded photo in, maps and scores out.
+A folder stands for the photos in it (not its subfolders). For each photo: embed every grid patch
+(patches.py), compare all patch pairs, spread the votes and find the consensus (consensus.py), then write
+OUT/<stem>.png (the map over the photo, with a colorbar), OUT/<stem>.npy (the raw [H, W] f32 map: high =
+inconsistent with most of the photo) and one JSON line of scores (stdout and OUT/scores.jsonl). Given a
+folder or several photos, OUT/report.html shows them all on one page (report.py: thumbnails, map overlays
+and scores, sortable). `localize_image` is the reusable part: one decoded photo in, maps and scores out.
 A photo that cannot be read or holds fewer than two patches is reported by name and skipped; the exit code
 is then 1.
 """
@@ -23,6 +25,10 @@ import numpy as np
 from exif_jax.eval import consensus as cons
 from exif_jax.eval.patches import NUM_PER_DIM, Grid, PatchEmbedder, embed_patches, make_grid
 
+# Per photo in report.html: (score key, header, tooltip); higher = more likely spliced.
+REPORT_COLUMNS = (("score_mean", "mean", "detection score_mean (the paper's): higher = more likely spliced"),
+                  ("score_ms", "ms", "detection score_ms (mean-shift consensus)"),
+                  ("score_ncut", "ncut", "detection score_ncut (normalized cut)"))
 MAX_CELLS = 4096  # the (cells x cells) vote table and mean shift are O(cells^2) memory, O(cells^3) time
 
 
@@ -162,13 +168,38 @@ def save_outputs(image: np.ndarray, loc: Localization, out_dir: str, stem: str) 
     return png, npy
 
 
+def expand_photos(paths: Sequence[str]) -> list[str]:
+    """The photos named: a folder stands for its image files (sorted, not recursive); files pass as given."""
+    from exif_jax.eval.datasets import IMAGE_SUFFIXES
+
+    out = []
+    for path in paths:
+        p = Path(path)
+        if not p.is_dir():
+            out.append(str(path))  # a missing or unreadable file is reported by localize_files
+            continue
+        found = sorted(str(f) for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+                       and not f.name.startswith("."))
+        if not found:
+            raise FileNotFoundError(f"{path}: folder holds no photos ({' '.join(sorted(IMAGE_SUFFIXES))})")
+        out += found
+    return out
+
+
 def localize_files(paths: Sequence[str], embedder: PatchEmbedder, out_dir: str, *, consensus: str = "meanshift",
-                   stride: int | None = None, num_per_dim: int = NUM_PER_DIM, batch: int = 256) -> int:
-    """Localize each photo into out_dir (PNG, .npy, a scores.jsonl line); 1 if any photo failed, else 0."""
+                   stride: int | None = None, num_per_dim: int = NUM_PER_DIM, batch: int = 256,
+                   report: bool | None = None) -> int:
+    """Localize each photo into out_dir (PNG, .npy, a scores.jsonl line) and, with report (default: more
+    than one photo), out_dir/report.html; 1 if any photo failed, else 0."""
     from tqdm import tqdm
 
+    from exif_jax.eval import report as html_report
+    from exif_jax.eval.evaluate import BASELINE_METHOD
+
     os.makedirs(out_dir, exist_ok=True)
-    failed, stems = [], set()
+    report = len(paths) > 1 if report is None else report
+    method = BASELINE_METHOD.get(embedder.name, "learned")  # the embedder's name says which kind it is
+    failed, stems, rows = [], set(), []
     with open(os.path.join(out_dir, "scores.jsonl"), "a") as jf:
         for path in tqdm(paths, desc="localize", unit="photo", file=sys.stderr):
             try:
@@ -177,7 +208,7 @@ def localize_files(paths: Sequence[str], embedder: PatchEmbedder, out_dir: str, 
                                      num_per_dim=num_per_dim, batch=batch)
             except ValueError as e:  # PhotoError, PhotoTooSmall, too many cells
                 tqdm.write(f"exif-jax localize: {path}: {e}", file=sys.stderr)
-                failed.append(path)
+                failed.append((path, str(e)))
                 continue
             stem, k = Path(path).stem, 1
             while stem in stems:  # same name from two folders
@@ -192,6 +223,21 @@ def localize_files(paths: Sequence[str], embedder: PatchEmbedder, out_dir: str, 
             tqdm.write(line)
             jf.write(line + "\n")
             jf.flush()
+            if report:
+                thumbs = html_report.write_thumbnails(out_dir, f"{len(rows) + 1:05d}", image, {method: loc.map})
+                rows.append({"name": str(path), "label": None, **thumbs,
+                             "href": html_report.relative_href(str(path), out_dir),
+                             "map_hrefs": {method: html_report.relative_href(png, out_dir)},
+                             "values": {method: {k: loc.scores[k] for k, _, _ in REPORT_COLUMNS}}})
+    if report:
+        meta = [("consensus", consensus), ("patch", str(embedder.patch_size)),
+                ("photos", f"{len(rows)} localized, {len(failed)} failed"),
+                ("per photo", "full-size map PNG, raw .npy map and a scores.jsonl line in this folder")]
+        html = html_report.write_html(
+            os.path.join(out_dir, "report.html"), title=f"exif-jax localize: {len(paths)} photos",
+            models={method: embedder.name}, rows=rows, columns=REPORT_COLUMNS, meta=meta,
+            failed=[{"name": f, "reason": r} for f, r in failed])
+        print(f"exif-jax localize: wrote {html}", file=sys.stderr)
     if failed:
         print(f"exif-jax localize: {len(failed)} of {len(paths)} photos failed", file=sys.stderr)
     return 1 if failed else 0
@@ -212,12 +258,14 @@ def run(photos: Sequence[str], out_dir: str, *, checkpoint: str | None = None, b
         embedder = model_embedder(model, int(config.data.crop_size), name=f"model:{checkpoint}")
     else:
         raise ValueError("give --checkpoint DIR or --baseline noise|random")
-    return localize_files(photos, replicate(embedder), out_dir, **kwargs)
+    files = expand_photos(photos)
+    report = len(files) > 1 or any(Path(p).is_dir() for p in photos)
+    return localize_files(files, replicate(embedder), out_dir, report=report, **kwargs)
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     """Flags of `exif-jax localize`."""
-    parser.add_argument("photos", nargs="+", help="photos to localize")
+    parser.add_argument("photos", nargs="+", help="photos or folders of photos to localize")
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="trainer workdir (config.json + ckpt/) or its ckpt directory")
     src.add_argument("--baseline", choices=("noise", "random"), help="a non-learned embedder instead")
