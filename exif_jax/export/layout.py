@@ -36,7 +36,7 @@ def _is_kernel(path: tuple) -> bool:
 
 
 def to_torch(path: tuple, x: np.ndarray) -> np.ndarray:
-    """Our variable at `path` in torch's layout (float32, contiguous): conv HWIO -> OIHW, Linear [in,out] -> [out,in]."""
+    """Our variable at `path` in torch's layout, float32 contiguous: conv HWIO -> OIHW, Linear [in,out] -> [out,in]."""
     x = np.asarray(x)
     if _is_kernel(path):
         if x.ndim not in _TO_TORCH:
