@@ -150,7 +150,7 @@ def test_paper_color_bug_feeds_the_papers_pixels():
 def test_cli_paper_color_bug_is_the_model_on_wrapped_photos(tiny_workdir, tmp_path, capsys):
     """`localize --paper-color-bug` on a photo == plain `localize` on that photo colour-wrapped in numpy."""
     wd, _ = tiny_workdir
-    photo = np.asarray(Image.open(PHOTOS[4]).convert("RGB"))[:96, :128]
+    photo = np.asarray(Image.open(PHOTOS[4]).convert("RGB"))[:64, :96]
     plain, wrapped = tmp_path / "plain.png", tmp_path / "wrapped.png"
     Image.fromarray(photo).save(plain)
     Image.fromarray(((256 - photo.astype(np.int64)) % 256).astype(np.uint8)).save(wrapped)  # lossless

@@ -121,7 +121,7 @@ def paper_color_wrap(patches: jax.Array) -> jax.Array:
 
 
 def with_paper_color_bug(embedder: PatchEmbedder) -> PatchEmbedder:
-    """The embedder fed `paper_color_wrap`ped patches: reproduces the released evaluation of the paper's weights."""
+    """The embedder fed `paper_color_wrap`ped patches: what the image tower saw in the paper's released evaluator."""
     apply = embedder.apply
     return embedder._replace(apply=lambda params, patches: apply(params, paper_color_wrap(patches)),
                              name=f"{embedder.name} (paper color bug)")
