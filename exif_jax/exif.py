@@ -94,7 +94,8 @@ def _exif_block(im: Image.Image, source: Any) -> Any:
 
 
 def read_tags(source: str | os.PathLike | bytes, *, name: str | None = None) -> dict[str, str]:
-    """A photo's EXIF tags described as metadata-extractor does ({} when it has none)."""
+    """A photo's EXIF tags described as metadata-extractor does ({} when it has none), in the file's order:
+    IFD0, then the Exif SubIFD, then Interop, each as the file stores its entries (metadata-extractor's)."""
     in_memory = isinstance(source, (bytes, bytearray))
     label = name or ("<bytes>" if in_memory else os.fspath(source))
     try:
@@ -188,22 +189,31 @@ def official_value(name: str, value: str) -> str:
         return "Unknown"
 
 
-# Value refinements by text style; both join `Tag: value` pairs with ", " in the config's tag order.
-#   metadata_extractor  the description as metadata-extractor writes it (spaces, units, long values kept)
-#   official            the paper code's refine_value (official_value above); what its DistilBERT read.
+# Text styles; both join `Tag: value` pairs with ", ".
+#   metadata_extractor  the description as metadata-extractor writes it (spaces, units, long values kept),
+#                       tags in the config's order (tag_order), the same for every photo
+#   official            the paper code's refine_value (official_value above); what its DistilBERT read. Tags
+#                       in the photo's own order: data.py joins the tags of a photo's EXIF JSON, written in
+#                       the order its YFCC line (metadata-extractor's dump) lists them, i.e. IFD0 then the
+#                       Exif SubIFD, each in the order the file stores its entries (not always by tag id:
+#                       some Canon PowerShots keep SubIFD tags in IFD0). tag_order is then the tag set.
 #                       One difference: a value refined to "" is dropped here, where the paper's text
 #                       keeps "Tag: " (select_tags drops empty values for every style).
 STYLES: dict[str, Callable[[str, str], str]] = {
     "metadata_extractor": lambda name, value: value,
     "official": official_value,
 }
+PHOTO_ORDER_STYLES = frozenset({"official"})
 
 
 def render_text(tags: Mapping[str, str], tag_order: Sequence[str] | None = DEFAULT_TAGS,
                 max_value_len: int = 40, style: str = "metadata_extractor") -> str:
-    """`Make: Canon, Model: Canon EOS 20D, Exposure Time: 1/250 sec, ...` in fixed order."""
+    """`Make: Canon, Model: Canon EOS 20D, Exposure Time: 1/250 sec, ...` (tag order: see STYLES)."""
     if style not in STYLES:
         raise ValueError(f"unknown text style {style!r}; known: {sorted(STYLES)}")
+    if style in PHOTO_ORDER_STYLES and tag_order is not None:
+        wanted = set(tag_order)
+        tag_order = [k for k in tags if k in wanted]  # `tags` keeps the file's order (read_tags, YFCC lines)
     refine = STYLES[style]
     styled = {k: refine(k, v) for k, v in tags.items() if isinstance(v, str)}
     return ", ".join(f"{k}: {v}" for k, v in select_tags(styled, tag_order, max_value_len).items())

@@ -127,3 +127,26 @@ def test_best_detection_score_is_named():
     assert t["best_detection_score"] == "score_ms" and t["detection_by_score"]["score_ms"]["ap"] == 1.0
     assert math.isclose(t["detection_by_score"]["score_ncut"]["auc"], 0.0)
     assert np.isnan(t["localization"]["all_images"]["ap"])  # no maps were given
+
+
+def test_paper_color_bug_wraps_the_learned_method_only(bench, tiny_workdir, tmp_path, capsys):
+    from exif_jax.eval.patches import embed_patches, make_grid
+
+    wd, _ = tiny_workdir
+    embs = evaluate.build_embedders(str(wd), all_methods=True, paper_color_bug=True)
+    plain = evaluate.build_embedders(str(wd), all_methods=True)
+    assert embs["learned"].name.endswith("(paper color bug)")
+    photo = np.asarray(Image.open(sorted(PHOTOS.glob("*.jpg"))[2]).convert("RGB"))[:64, :96]
+    wrapped = ((256 - photo.astype(np.int64)) % 256).astype(np.uint8)  # the paper's pixels, in numpy
+    g = make_grid(64, 96, 32, stride=16)
+    emb = lambda e, img: np.asarray(embed_patches(e, img, g, batch=8))  # noqa: E731
+    np.testing.assert_allclose(emb(embs["learned"], photo), emb(plain["learned"], wrapped), atol=1e-6)
+    assert np.abs(emb(embs["learned"], photo) - emb(plain["learned"], photo)).max() > 1e-3
+    # The baselines keep the true pixels (a wrapped embedder says so in its name).
+    assert [embs[m].name for m in ("classical", "random")] == [plain[m].name for m in ("classical", "random")]
+    with pytest.raises(ValueError, match="give --checkpoint"):
+        evaluate.build_embedders(None, baseline="noise", paper_color_bug=True)
+    capsys.readouterr()
+    assert cli.main(["eval-localize", "--dataset", f"folder:{bench}", "--out", str(tmp_path / "x"),
+                     "--baseline", "noise", "--paper-color-bug", "--no-progress"]) == 2
+    assert "--paper-color-bug" in capsys.readouterr().err

@@ -432,3 +432,53 @@ def test_edge_files_give_a_result_per_file():
             at = data.find(marker)
             if at >= 0:
                 assert isinstance(exif.describe_directories(exif.parse_tiff(data[at:])), dict)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The paper's ("official") text: tags in the photo's own order
+
+BUNDLED_S30 = Path(__file__).resolve().parent / "data" / "canon_powershot_s30_exif.jpg"
+_TAG_ID = {name: tag for tag, name in exif_tiff.TAG_NAMES.items()}
+
+
+def _official_text_in(tags: dict, order: list) -> str:
+    """The official style's values joined in `order` (computed here, not by render_text's ordering)."""
+    styled = {k: exif.official_value(k, v) for k, v in tags.items()}
+    return ", ".join(f"{k}: {v}" for k, v in exif.select_tags(styled, order).items())
+
+
+def test_official_style_keeps_the_photos_tag_order():
+    """A Canon PowerShot S30's real EXIF block stores Sensing Method (a SubIFD tag, 0xA217) in IFD0: the
+    paper's data.py, joining tags as the EXIF dump lists them, puts it right after IFD0's tags."""
+    tags = exif.read_tags(BUNDLED_S30)
+    want = ("Make: Canon, Model: CanonPowerShotS30, X Resolution: 180 dots per inch, Y Resolution: 180 dots "
+            "per inch, Resolution Unit: Inch, YCbCr Positioning: Unknown, Sensing Method: Unknown, Exposure Time: "
+            "1/640sec, F-Number: f/2.8, Exif Version: 2.10, Components Configuration: YCbCr, Compressed Bits Per "
+            "Pixel: 5bits/pixel, Shutter Speed Value: 1/636sec, Aperture Value: f/2.8, Exposure Bias Value: 0 EV, "
+            "Max Aperture Value: f/2.8, Metering Mode: Multi-segment, Flash: Flashdidnotfire, Focal Length: 7.1 mm, "
+            "FlashPix Version: 1.00, Color Space: sRGB")
+    by_id = sorted(exif.DEFAULT_TAGS, key=_TAG_ID.__getitem__)  # IFD0 then SubIFD by tag id: the old order
+    assert _official_text_in(tags, by_id) != want
+    for order in (exif.DEFAULT_TAGS, by_id, tuple(reversed(by_id))):  # the tag set, not the order, is asked
+        assert exif.render_text(tags, tag_order=order, style="official") == want
+    assert exif.render_text(tags, tag_order=("Flash", "Model", "Make"), style="official") == (
+        "Make: Canon, Model: CanonPowerShotS30, Flash: Flashdidnotfire")
+    # Our own style keeps the config's order.
+    assert exif.render_text(tags, tag_order=("Flash", "Make")) == "Flash: Flash did not fire, Make: Canon"
+
+
+@needs_photos
+def test_official_style_orders_tags_as_the_metadata_extractor_dump():
+    reordered = set()
+    photos = _shared_photos()
+    for photo in photos:
+        tags = exif.read_tags(photo)
+        entries = exif.metadata_extractor_entries(PHOTOS / "metadata-extractor" / f"{photo.name}.txt")
+        dump_order = list(dict.fromkeys(n for d, n, _ in entries if d in exif_tiff.EXIF_DIRECTORIES))
+        want = _official_text_in(tags, [n for n in dump_order if n in exif.DEFAULT_TAGS])
+        assert exif.render_text(tags, tag_order=exif.DEFAULT_TAGS, style="official") == want, photo.name
+        if want != _official_text_in(tags, sorted(exif.DEFAULT_TAGS, key=_TAG_ID.__getitem__)):
+            reordered.add(photo.name)
+    assert len(photos) == 143
+    # The photos where the file's order is not the tag-id order (the text moved when this was fixed).
+    assert reordered == {"Canon PowerShot A85.jpg", "Canon PowerShot S30 (2).jpg"}

@@ -117,3 +117,53 @@ def test_cli_localize_with_bad_files(trained_workdir, tmp_path, capsys):
         m = np.load(out / f"{photo.stem}.npy")
         assert m.shape == (rec["height"], rec["width"]) == (384, 512) and m.dtype == np.float32
         assert np.isfinite(m).all()
+
+
+# ------------------------------------------------------------------------------- --paper-color-bug
+
+def _pixel_probe(patch: int):
+    """An embedder whose 'embedding' is the patch it was fed, as floats: shows exactly what the tower sees."""
+    from exif_jax.eval.patches import PatchEmbedder
+
+    return PatchEmbedder(lambda params, x: x.reshape(x.shape[0], -1).astype(np.float32), {}, patch, "probe")
+
+
+def test_paper_color_bug_feeds_the_papers_pixels():
+    from exif_jax.eval.patches import with_paper_color_bug
+
+    photo = np.asarray(Image.open(PHOTOS[3]).convert("RGB"))[:64, :96].copy()
+    photo[:8, :32] = np.arange(256, dtype=np.uint8).reshape(8, 32, 1)  # every value 0..255 in a patch
+    g = make_grid(64, 96, 32, stride=16)
+    crops = np.stack([photo[t:t + 32, l:l + 32] for t, l in g.starts()])
+    fed = lambda e: np.asarray(embed_patches(e, photo, g, batch=8)).reshape(crops.shape)  # noqa: E731
+    np.testing.assert_array_equal(fed(_pixel_probe(32)), crops)  # default: the pixels themselves
+    want = (256 - crops.astype(np.int64)) % 256  # the paper's wrap, written independently
+    assert want[0, 0, 0, 0] == 0 and want[0, 0, 1, 0] == 255 and want[0, 7, 31, 0] == 1
+    got = fed(with_paper_color_bug(_pixel_probe(32)))
+    np.testing.assert_array_equal(got, want)
+    assert (got != crops).mean() > 0.99  # all but the zeros (and 128) change
+    torch = pytest.importorskip("torch")  # the paper's own operation: float pixels, .mul(255).byte()
+    paper = torch.from_numpy(crops.transpose(0, 3, 1, 2).copy()).float().mul(255).byte().numpy()
+    np.testing.assert_array_equal(got, paper.transpose(0, 2, 3, 1))
+
+
+def test_cli_paper_color_bug_is_the_model_on_wrapped_photos(tiny_workdir, tmp_path, capsys):
+    """`localize --paper-color-bug` on a photo == plain `localize` on that photo colour-wrapped in numpy."""
+    wd, _ = tiny_workdir
+    photo = np.asarray(Image.open(PHOTOS[4]).convert("RGB"))[:64, :96]
+    plain, wrapped = tmp_path / "plain.png", tmp_path / "wrapped.png"
+    Image.fromarray(photo).save(plain)
+    Image.fromarray(((256 - photo.astype(np.int64)) % 256).astype(np.uint8)).save(wrapped)  # lossless
+    common = ["--checkpoint", str(wd), "--stride", "16"]
+    assert cli.main(["localize", str(plain), "-o", str(tmp_path / "bug"), "--paper-color-bug", *common]) == 0
+    assert cli.main(["localize", str(plain), str(wrapped), "-o", str(tmp_path / "ok"), *common]) == 0
+    bug, ok, ok_wrapped = (np.load(tmp_path / d / f"{s}.npy") for d, s in
+                           (("bug", "plain"), ("ok", "plain"), ("ok", "wrapped")))
+    np.testing.assert_allclose(bug, ok_wrapped, atol=1e-5)
+    assert np.abs(bug - ok).max() > 1e-3  # the flag changes the result; without it nothing changes
+    line = json.loads((tmp_path / "bug" / "scores.jsonl").read_text())
+    assert line["embedder"].endswith("(paper color bug)")
+    capsys.readouterr()
+    assert cli.main(["localize", str(plain), "-o", str(tmp_path / "x"), "--baseline", "noise",
+                     "--paper-color-bug"]) == 2
+    assert "--paper-color-bug" in capsys.readouterr().err

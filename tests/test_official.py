@@ -80,7 +80,7 @@ class _ResNet50(torch.nn.Module):
 
 
 def _randomize_bn(net: torch.nn.Module, g: torch.Generator) -> None:
-    """Trained-looking BatchNorm: non-trivial affine and running statistics (else BN is nearly the identity)."""
+    """Trained-looking BatchNorm affine parameters (else BN is nearly the identity)."""
     with torch.no_grad():
         for name, m in net.named_modules():
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -89,9 +89,35 @@ def _randomize_bn(net: torch.nn.Module, g: torch.Generator) -> None:
                 lo, hi = (0.05, 0.2) if name.endswith("bn3") else (0.5, 1.0)
                 m.weight.copy_(lo + (hi - lo) * torch.rand(n, generator=g))
                 m.bias.copy_(0.05 * torch.randn(n, generator=g))
-                m.running_mean.copy_(0.1 * torch.randn(n, generator=g))
-                m.running_var.copy_(0.5 + 1.5 * torch.rand(n, generator=g))
-                m.num_batches_tracked.fill_(1234)
+
+
+def _measure_bn(net: torch.nn.Module, crops: np.ndarray) -> None:
+    """Running statistics measured on real crops (one train-mode pass, cumulative average), as a trained
+    network has them: every layer then sees normalized activations, so the embedding depends on the crop.
+    Made-up statistics leave a random ResNet's output nearly constant (crops ~4e-4 apart in unit embedding,
+    against the 1e-5 tolerance), too close for the test to tell a broken import from a right one."""
+    bns = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the pass
+    net.train()
+    with torch.no_grad():
+        net(torch.from_numpy(_normalize(crops)))
+    net.eval()
+    for m in bns:
+        m.momentum = 0.1
+        m.num_batches_tracked.fill_(1234)
+
+
+def _randomize_text(bert: torch.nn.Module, g: torch.Generator) -> None:
+    """Trained-looking biases and LayerNorm parameters (transformers initializes them to 0 and 1, where a
+    dropped or swapped one would go unseen)."""
+    with torch.no_grad():
+        for name, p in bert.named_parameters():
+            if name.endswith("bias"):
+                p.copy_(0.02 * torch.randn(p.shape, generator=g))
+            elif "layer_norm" in name.lower() and name.endswith("weight"):
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
 
 
 def _official_state(visual, bert) -> dict:
@@ -126,6 +152,17 @@ def _official_tags() -> tuple:
 def _exif_texts(style: str, photos=PHOTOS[:3]) -> list[str]:
     tags = _official_tags() if style == "official" else exif.DEFAULT_TAGS
     return [exif.render_text(exif.read_tags(str(p)), tag_order=tags, style=style) for p in photos]
+
+
+def _calibration_crops(n: int = 32, size: int = 124) -> np.ndarray:
+    """n crops at random positions over the bundled photos, for measuring BatchNorm statistics."""
+    rng = np.random.default_rng(5)
+    out = []
+    for k in range(n):
+        a = np.asarray(Image.open(PHOTOS[k % len(PHOTOS)]).convert("RGB"))
+        top, left = rng.integers(0, a.shape[0] - size), rng.integers(0, a.shape[1] - size)
+        out.append(a[top:top + size, left:left + size])
+    return np.stack(out)
 
 
 def _crops(n: int = 4) -> np.ndarray:
@@ -173,7 +210,9 @@ def official(tmp_path_factory):
     torch.manual_seed(0)
     visual = _ResNet50().eval()
     _randomize_bn(visual, torch.Generator().manual_seed(1))
+    _measure_bn(visual, _calibration_crops())
     bert = transformers.DistilBertModel(transformers.DistilBertConfig()).eval()  # distilbert-base-uncased size
+    _randomize_text(bert, torch.Generator().manual_seed(2))
     sd = _official_state(visual, bert)
     torch.save(_training_checkpoint(sd), d / "wrapper.pth")
     texts = _exif_texts("official") + _exif_texts("metadata_extractor") + TRICKY
@@ -239,10 +278,20 @@ def test_official_style_rules():
 
 # ------------------------------------------------------------------------------- the imported model
 
+def _normalize(crops: np.ndarray) -> np.ndarray:
+    """uint8 [N, H, W, 3] -> float NCHW as data.py feeds the tower: ToTensor, then Normalize(CLIP mean, std)."""
+    return ((crops.astype(np.float32) / 255.0 - CLIP_MEAN) / CLIP_STD).transpose(0, 3, 1, 2).copy()
+
+
 def _torch_image(visual, crops: np.ndarray) -> np.ndarray:
-    x = (crops.astype(np.float32) / 255.0 - CLIP_MEAN) / CLIP_STD  # ToTensor + Normalize (data.py)
     with torch.no_grad():
-        return visual(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
+        return visual(torch.from_numpy(_normalize(crops))).numpy()
+
+
+def _min_pairwise(x: np.ndarray) -> float:
+    """The smallest max |difference| between two rows: how far apart the closest two inputs land."""
+    d = np.abs(x[:, None] - x[None]).max(-1)
+    return float(d[np.triu_indices(len(x), 1)].min())
 
 
 def _torch_text(bert, ids: np.ndarray) -> np.ndarray:
@@ -268,10 +317,13 @@ def test_imported_towers_match_pytorch(official):
     crops = _crops(4)
     img = np.asarray(nnx.jit(lambda m, x: m.image(x))(model, crops))
     want = _torch_image(official["visual"], crops)
-    assert np.abs(want).max() > 0.05 and np.std(want) > 1e-3  # not a degenerate comparison
+    unit = want / np.linalg.norm(want, axis=1, keepdims=True)
+    # Not a degenerate comparison: the crops land far apart next to the tolerances, so an import that
+    # gets any tensor wrong (layout, name, BN statistics) misses by far more than the tolerance.
+    assert _min_pairwise(want) > 1000 * 1e-4 and _min_pairwise(unit) > 1000 * 1e-5
     np.testing.assert_allclose(img, want, atol=1e-4, rtol=0)
     emb = np.asarray(nnx.jit(lambda m, x: m.embed_image(x))(model, crops))
-    np.testing.assert_allclose(emb, want / np.linalg.norm(want, axis=1, keepdims=True), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(emb, unit, atol=1e-5, rtol=0)
 
     texts = _exif_texts("official")
     tok = WordPiece(official["out"] / "vocab.txt", max_len=config.tokenizer.max_len)
@@ -281,7 +333,7 @@ def test_imported_towers_match_pytorch(official):
         texts, padding="max_length", max_length=length, truncation=True)["input_ids"]))
     txt = np.asarray(nnx.jit(lambda m, x: m.text(x))(model, ids))
     want = _torch_text(official["bert"], ids)
-    assert np.std(want) > 0.1
+    assert np.std(want) > 0.1 and _min_pairwise(want) > 100 * 1e-4  # measured: 0.108
     np.testing.assert_allclose(txt, want, atol=1e-4, rtol=0)
     # Padding length does not change a text's embedding (masked keys, masked mean).
     longer = WordPiece(official["out"] / "vocab.txt", max_len=length + 16).encode_batch(texts[:1])[0]

@@ -28,7 +28,7 @@ import numpy as np
 
 from exif_jax.eval import metrics as M
 from exif_jax.eval.localize import REPORT_COLUMNS as SCORE_COLUMNS
-from exif_jax.eval.patches import NUM_PER_DIM, PatchEmbedder
+from exif_jax.eval.patches import NUM_PER_DIM, PAPER_COLOR_BUG_HELP, PatchEmbedder
 
 SCORES = ("score_mean", "score_ms", "score_ncut")
 BASELINE_METHOD = {"noise": "classical", "random": "random"}
@@ -41,19 +41,25 @@ _LOC_COLUMNS = (("ap", "p-mAP"), ("ciou", "cIoU"), ("mcc", "MCC"), ("f1", "F1"),
 
 
 def build_embedders(checkpoint: str | None, baseline: str | None = None, all_methods: bool = False,
-                    patch: int = 128, step: int | None = None) -> dict[str, PatchEmbedder]:
-    """method name -> embedder: learned (given a checkpoint), the --baseline one, or all three."""
+                    patch: int = 128, step: int | None = None,
+                    paper_color_bug: bool = False) -> dict[str, PatchEmbedder]:
+    """method name -> embedder: learned (given a checkpoint), the --baseline one, or all three; paper_color_bug:
+    the learned one is fed the paper evaluator's colour-wrapped patches (the baselines see the true pixels)."""
     from exif_jax.eval import baselines
     from exif_jax.eval.localize import load_for_inference
-    from exif_jax.eval.patches import model_embedder, replicate
+    from exif_jax.eval.patches import model_embedder, replicate, with_paper_color_bug
 
     out: dict[str, PatchEmbedder] = {}
     if checkpoint:
         model, config = load_for_inference(checkpoint, step)
         patch = int(config.data.crop_size)  # every method on the learned model's grid
         out["learned"] = model_embedder(model, patch, name=f"model:{checkpoint}")
+        if paper_color_bug:
+            out["learned"] = with_paper_color_bug(out["learned"])
     elif all_methods:
         raise ValueError("--all-methods needs --checkpoint (the learned row)")
+    elif paper_color_bug:
+        raise ValueError("--paper-color-bug changes what a --checkpoint's image tower is fed; give --checkpoint")
     if baseline not in (None, *BASELINE_METHOD):
         raise ValueError(f"baseline must be one of {tuple(BASELINE_METHOD)}, got {baseline!r}")
     if baseline == "noise" or all_methods:
@@ -261,12 +267,12 @@ def to_markdown(report: Mapping[str, Any]) -> str:
 
 def run(dataset: str, out_dir: str, *, checkpoint: str | None = None, baseline: str | None = None,
         all_methods: bool = False, max_images: int | None = None, patch: int = 128, step: int | None = None,
-        **kwargs: Any) -> dict[str, Any]:
+        paper_color_bug: bool = False, **kwargs: Any) -> dict[str, Any]:
     """Load the benchmark and the methods, then `evaluate`."""
     from exif_jax.eval.datasets import load_dataset
 
     samples = pick(load_dataset(dataset), max_images)
-    embedders = build_embedders(checkpoint, baseline, all_methods, patch, step)
+    embedders = build_embedders(checkpoint, baseline, all_methods, patch, step, paper_color_bug)
     return evaluate(samples, embedders, out_dir, dataset=dataset, **kwargs)
 
 
@@ -288,6 +294,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--step", type=int, help="checkpoint step (default: newest)")
     parser.add_argument("--show", type=int, default=3, help="heatmaps of this many best and worst images")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--paper-color-bug", action="store_true", help=PAPER_COLOR_BUG_HELP)
 
 
 def cli_main(args: argparse.Namespace) -> int:
@@ -296,7 +303,7 @@ def cli_main(args: argparse.Namespace) -> int:
         run(args.dataset, args.out, checkpoint=args.checkpoint, baseline=args.baseline,
             all_methods=args.all_methods, max_images=args.max_images, patch=args.patch, step=args.step,
             consensus=args.consensus, stride=args.stride, num_per_dim=args.num_per_dim, batch=args.batch,
-            show=args.show, progress=not args.no_progress)
+            show=args.show, progress=not args.no_progress, paper_color_bug=args.paper_color_bug)
     except (FileNotFoundError, ValueError) as e:
         print(f"exif-jax eval-localize: {e}", file=sys.stderr)
         return 2

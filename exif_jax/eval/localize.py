@@ -23,7 +23,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from exif_jax.eval import consensus as cons
-from exif_jax.eval.patches import NUM_PER_DIM, Grid, PatchEmbedder, embed_patches, make_grid
+from exif_jax.eval.patches import (NUM_PER_DIM, PAPER_COLOR_BUG_HELP, Grid, PatchEmbedder, embed_patches,
+                                   make_grid)
 
 # Per photo in report.html: (score key, header, tooltip); higher = more likely spliced.
 REPORT_COLUMNS = (("score_mean", "mean", "detection score_mean (the paper's): higher = more likely spliced"),
@@ -244,11 +245,14 @@ def localize_files(paths: Sequence[str], embedder: PatchEmbedder, out_dir: str, 
 
 
 def run(photos: Sequence[str], out_dir: str, *, checkpoint: str | None = None, baseline: str | None = None,
-        patch: int = 128, step: int | None = None, **kwargs: Any) -> int:
-    """Build the embedder (a trained checkpoint, or a baseline at patch size `patch`) and localize the photos."""
+        patch: int = 128, step: int | None = None, paper_color_bug: bool = False, **kwargs: Any) -> int:
+    """Build the embedder (a trained checkpoint, or a baseline at patch size `patch`) and localize the photos;
+    paper_color_bug: feed the checkpoint's image tower the paper evaluator's colour-wrapped patches."""
     from exif_jax.eval import baselines
-    from exif_jax.eval.patches import model_embedder, replicate
+    from exif_jax.eval.patches import model_embedder, replicate, with_paper_color_bug
 
+    if paper_color_bug and baseline is not None:
+        raise ValueError("--paper-color-bug changes what a --checkpoint's image tower is fed; not for a --baseline")
     if baseline == "noise":
         embedder = baselines.noise_embedder(patch)
     elif baseline == "random":
@@ -256,6 +260,8 @@ def run(photos: Sequence[str], out_dir: str, *, checkpoint: str | None = None, b
     elif baseline is None and checkpoint:
         model, config = load_for_inference(checkpoint, step)
         embedder = model_embedder(model, int(config.data.crop_size), name=f"model:{checkpoint}")
+        if paper_color_bug:
+            embedder = with_paper_color_bug(embedder)
     else:
         raise ValueError("give --checkpoint DIR or --baseline noise|random")
     files = expand_photos(photos)
@@ -276,6 +282,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stride", type=int, help="patch stride in px (default: (max(H,W) - p) // 30)")
     parser.add_argument("--num-per-dim", type=int, default=NUM_PER_DIM, help="patches along the long side")
     parser.add_argument("--batch", type=int, default=256, help="patches per device batch (all devices)")
+    parser.add_argument("--paper-color-bug", action="store_true", help=PAPER_COLOR_BUG_HELP)
 
 
 def cli_main(args: argparse.Namespace) -> int:
@@ -283,7 +290,7 @@ def cli_main(args: argparse.Namespace) -> int:
     try:
         return run(args.photos, args.out, checkpoint=args.checkpoint, baseline=args.baseline, patch=args.patch,
                    step=args.step, consensus=args.consensus, stride=args.stride, num_per_dim=args.num_per_dim,
-                   batch=args.batch)
+                   batch=args.batch, paper_color_bug=args.paper_color_bug)
     except (FileNotFoundError, ValueError) as e:
         print(f"exif-jax localize: {e}", file=sys.stderr)
         return 2

@@ -23,6 +23,11 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 NUM_PER_DIM = 30
 MAX_SPREAD = 8
+PAPER_COLOR_BUG_HELP = (
+    "compatibility with the paper's evaluation: feed the checkpoint's image tower every patch pixel x as "
+    "(256 - x) mod 256, a colour negative, as the paper's splice evaluator did (torchvision ToPILImage on float "
+    "pixels in [0, 255]); for comparing the released weights with the released table. Default off: the pixels "
+    "as trained")
 
 
 class PhotoTooSmall(ValueError):
@@ -103,6 +108,23 @@ def model_embedder(model: Any, patch_size: int, name: str = "model") -> PatchEmb
         return nnx.merge(graphdef, state_).embed_image(patches)
 
     return PatchEmbedder(apply, state, int(patch_size), name)
+
+
+def paper_color_wrap(patches: jax.Array) -> jax.Array:
+    """uint8 patches as the paper's splice evaluator fed them: (256 - x) mod 256, a colour negative with 0 kept.
+
+    hellomuffin/exif-as-language eval/image_splice/exif_sc.py: PatchedImage holds the photo as float pixels
+    in [0, 255]; `preprocess` applies torchvision's ToPILImage, which for a float tensor computes
+    `pic.mul(255).byte()` (it expects [0, 1]): 255 x, cast to uint8 through int64, i.e. 255 x mod 256; then
+    ToTensor and Normalize as in training. Written here the same way: x * 255, modulo 256."""
+    return (patches.astype(jnp.int32) * 255 % 256).astype(jnp.uint8)
+
+
+def with_paper_color_bug(embedder: PatchEmbedder) -> PatchEmbedder:
+    """The embedder fed `paper_color_wrap`ped patches: what the image tower saw in the paper's released evaluator."""
+    apply = embedder.apply
+    return embedder._replace(apply=lambda params, patches: apply(params, paper_color_wrap(patches)),
+                             name=f"{embedder.name} (paper color bug)")
 
 
 def default_mesh(devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:

@@ -27,8 +27,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from exif_jax.export import NotExportable, write_safetensors
-from exif_jax.export.timm import flat_params, log_logit_scale
+from exif_jax.export.layout import NotExportable, flat_params, log_logit_scale, to_torch, write_safetensors
 
 HIDDEN_ACT = "gelu_pytorch_tanh"
 LN_EPS = 1e-6
@@ -70,7 +69,7 @@ def _linear(flat: dict[str, np.ndarray], src: str, dst: str, out: dict[str, np.n
         k = k.reshape(-1, k.shape[-1])  # [H, d, D] -> [H*d, D]
     else:
         k = k.reshape(k.shape[0], -1)   # [D, H, d] -> [D, H*d]
-    out[f"{dst}.weight"] = np.ascontiguousarray(k.T)
+    out[f"{dst}.weight"] = to_torch((*src.split("/"), "kernel"), k)
     out[f"{dst}.bias"] = b.reshape(-1)
 
 
@@ -115,7 +114,7 @@ def siglip_text_state_dict(model: Any, flat: dict[str, np.ndarray]) -> dict[str,
     width = out[f"{t}.final_layer_norm.weight"].shape[0]
     if "text/head/kernel" in flat:
         kernel = flat.pop("text/head/kernel")
-        out[f"{t}.head.weight"] = np.ascontiguousarray(kernel.T)
+        out[f"{t}.head.weight"] = to_torch(("text", "head", "kernel"), kernel)
         out[f"{t}.head.bias"] = flat.pop("text/head/bias", np.zeros((kernel.shape[1],), np.float32))
     else:  # head="none": SiglipTextModel always has a head, so an exact identity
         out[f"{t}.head.weight"] = np.eye(width, dtype=np.float32)
@@ -129,8 +128,8 @@ def siglip_state_dict(model: Any, config: ml_collections.ConfigDict) -> dict[str
     flat = flat_params(model)
     out: dict[str, np.ndarray] = {}
     v = "vision_model"
-    kernel = flat.pop("image/embedding/kernel")  # [p, p, 3, D] HWIO -> OIHW
-    out[f"{v}.embeddings.patch_embedding.weight"] = np.ascontiguousarray(kernel.transpose(3, 2, 0, 1))
+    out[f"{v}.embeddings.patch_embedding.weight"] = to_torch(("image", "embedding", "kernel"),
+                                                             flat.pop("image/embedding/kernel"))
     out[f"{v}.embeddings.patch_embedding.bias"] = flat.pop("image/embedding/bias")
     out[f"{v}.embeddings.position_embedding.weight"] = flat.pop("image/pos_embedding")[0]
     _encoder(flat, "image/Transformer", f"{v}.encoder", model.image.Transformer.depth, out)

@@ -30,12 +30,12 @@ import ml_collections
 import numpy as np
 
 from exif_jax.export import hf
-from exif_jax.export import NotExportable, write_safetensors
-from exif_jax.export.timm import log_logit_scale
+from exif_jax.export.layout import (NotExportable, flat_params, log_logit_scale, tower_state_dict,
+                                    torchvision_state_dict, write_safetensors)
 
 MANIFEST = "dual_encoder.json"
 
-# torchvision ResNet state-dict keys (what official.torch_key gives our ResNet paths) -> transformers'
+# torchvision ResNet state-dict keys (what layout.torch_key gives our ResNet paths) -> transformers'
 # ResNetForImageClassification. Stages count from 0 there, convolutions within a block too.
 _RESNET_RULES = (
     (r"conv1\.(.+)", lambda m: f"resnet.embedder.embedder.convolution.{m[1]}"),
@@ -73,34 +73,6 @@ def check_towers_exportable(config: ml_collections.ConfigDict) -> None:
         problems.append(f"model.text.kind={kind!r}: only 'transformer' and 'distilbert' text towers export")
     if problems:
         raise NotExportable("cannot export the towers to transformers:\n  - " + "\n  - ".join(problems))
-
-
-def _flat_variables(module: Any, prefix: str) -> dict[tuple, np.ndarray]:
-    """Every variable (parameters and BatchNorm statistics) of a tower, keyed by its full path."""
-    from flax import nnx
-
-    return {(prefix, *path): np.asarray(var[...], np.float32)
-            for path, var in nnx.to_flat_state(nnx.state(module))}
-
-
-def _torch_layout(path: tuple, x: np.ndarray) -> np.ndarray:
-    """Ours -> torch (the inverse of official.to_ours): conv HWIO -> OIHW, Linear [in, out] -> [out, in]."""
-    if path[-1] == "kernel":
-        x = x.transpose(3, 2, 0, 1) if x.ndim == 4 else x.T
-    return np.ascontiguousarray(x, np.float32)
-
-
-def torchvision_state_dict(model: Any) -> dict[str, np.ndarray]:
-    """The ResNet tower under torchvision's (= timm's) state-dict names, torch layouts, BN bookkeeping included."""
-    from exif_jax.export.official import torch_key
-
-    out = {torch_key(path).removeprefix("model.visual."): _torch_layout(path, x)
-           for path, x in _flat_variables(model.image, "image").items()}
-    if "fc.weight" in out and "fc.bias" not in out:  # head_bias=False: an exact zero bias
-        out["fc.bias"] = np.zeros(out["fc.weight"].shape[0], np.float32)
-    for key in [k for k in out if k.endswith(".running_mean")]:  # torch's BatchNorm step counter
-        out[key.replace(".running_mean", ".num_batches_tracked")] = np.zeros((), np.int64)
-    return out
 
 
 def resnet_state_dict(model: Any) -> dict[str, np.ndarray]:
@@ -153,10 +125,7 @@ def resnet_processor_config(config: ml_collections.ConfigDict) -> dict[str, Any]
 
 def distilbert_state_dict(model: Any) -> dict[str, np.ndarray]:
     """DistilBertModel state_dict (NumPy) from the DualTower's DistilBERT text tower."""
-    from exif_jax.export.official import torch_key
-
-    return {torch_key(path).removeprefix("model.transformer."): _torch_layout(path, x)
-            for path, x in _flat_variables(model.text, "text").items()}
+    return tower_state_dict(model, "text")
 
 
 def distilbert_config(model: Any, config: ml_collections.ConfigDict) -> Any:
@@ -206,7 +175,7 @@ def export_towers(model: Any, config: ml_collections.ConfigDict, out_dir: str, *
         distilbert_config(model, config).save_pretrained(text_dir)
         _save_wordpiece(tokenizer_model, config, text_dir)
     else:
-        flat = {k: v for k, v in hf.flat_params(model).items() if k.startswith("text/")}
+        flat = {k: v for k, v in flat_params(model).items() if k.startswith("text/")}
         # The standalone SiglipTextModel's own names: SiglipModel's without the "text_model." prefix.
         txt_state = {k.removeprefix("text_model."): v for k, v in hf.siglip_text_state_dict(model, flat).items()}
         text_class, pool = "SiglipTextModel", t.pool

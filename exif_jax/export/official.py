@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from exif_jax.export.layout import to_flax, torch_key, torch_shape
+
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "official.py"
 SKIPPED_KEYS = frozenset({
     "sink_temp", "model.positional_embedding", "model.token_embedding.weight", "model.ln_final.weight",
@@ -37,9 +39,6 @@ SKIPPED_KEYS = frozenset({
     "model.transformer.embeddings.position_ids",  # a saved buffer in older transformers releases
 })
 LOGIT_SCALE_KEY = "model.logit_scale"
-_PREFIX = {"image": "model.visual.", "text": "model.transformer."}
-_LEAF = {"kernel": "weight", "embedding": "weight", "scale": "weight", "bias": "bias",
-         "mean": "running_mean", "var": "running_var"}
 
 
 class OfficialCheckpointError(ValueError):
@@ -48,20 +47,6 @@ class OfficialCheckpointError(ValueError):
 
 def _skipped(key: str) -> bool:
     return key in SKIPPED_KEYS or (key.startswith("model.visual.") and key.endswith(".num_batches_tracked"))
-
-
-def torch_key(path: tuple) -> str:
-    """Our variable path ('image', 'layer1', 0, 'conv1', 'kernel') -> the official state-dict key."""
-    if path[0] not in _PREFIX or str(path[-1]) not in _LEAF:
-        raise KeyError(f"{'/'.join(map(str, path))}: no counterpart in the official checkpoint")
-    return _PREFIX[path[0]] + ".".join(str(p) for p in path[1:-1]) + "." + _LEAF[str(path[-1])]
-
-
-def to_ours(path: tuple, t: np.ndarray) -> np.ndarray:
-    """A torch tensor (as numpy) laid out as our variable at `path`: conv OIHW -> HWIO, Linear [out,in] -> [in,out]."""
-    if path[-1] == "kernel":
-        return t.transpose(2, 3, 1, 0) if t.ndim == 4 else t.T if t.ndim == 2 else t
-    return t
 
 
 def read_state_dict(weights: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -127,7 +112,7 @@ def map_state(sd: Mapping[str, np.ndarray], abstract: Any, *, source: str = "che
                 missing.append(str(e.args[0]))
                 continue
             arr = sd.get(key)
-            arr = None if arr is None else to_ours(path, arr)
+            arr = None if arr is None else to_flax(path, arr)
         if arr is None:
             missing.append(key)
             continue
@@ -136,7 +121,7 @@ def map_state(sd: Mapping[str, np.ndarray], abstract: Any, *, source: str = "che
         if not np.issubdtype(arr.dtype, np.floating):
             bad_dtype.append(f"{key} ({arr.dtype})")
         elif arr.shape != shape:
-            bad_shape.append(f"{key}: file {_torch_shape(path, arr.shape)}, model {_torch_shape(path, shape)}")
+            bad_shape.append(f"{key}: file {torch_shape(path, arr.shape)}, model {torch_shape(path, shape)}")
         elif not np.all(np.isfinite(arr)):
             non_finite.append(key)
         else:
@@ -151,15 +136,6 @@ def map_state(sd: Mapping[str, np.ndarray], abstract: Any, *, source: str = "che
         raise OfficialCheckpointError(f"{source} does not match the official EXIFNet layout; nothing written.\n"
                                       + "\n".join(f"  {what}: {_listing(items)}" for what, items in problems))
     return out
-
-
-def _torch_shape(path: tuple, shape: tuple) -> tuple:
-    """Our shape written the way torch stores it (so both sides of a message read alike)."""
-    if path[-1] == "kernel" and len(shape) == 4:
-        return (shape[3], shape[2], shape[0], shape[1])
-    if path[-1] == "kernel" and len(shape) == 2:
-        return (shape[1], shape[0])
-    return tuple(shape)
 
 
 def _sha256(path: str) -> str:

@@ -19,14 +19,14 @@ stem_width=...)` for other widths) then `timm.models.load_checkpoint(model, path
 from __future__ import annotations
 
 import json
-import math
 import os
 from typing import Any
 
 import ml_collections
 import numpy as np
 
-from exif_jax.export import NotExportable, write_safetensors
+from exif_jax.export.layout import (NotExportable, flat_params, log_logit_scale, torchvision_state_dict,
+                                    write_safetensors)
 
 NPZ_NAME = "vit_big_vision.npz"
 RESNET_NAME = "resnet_timm.safetensors"
@@ -34,21 +34,6 @@ TIMM_JSON = "timm_config.json"
 # Registered timm SigLIP names per (variant, patch): their default resolution is overridden with img_size.
 _TIMM_SIGLIP = {("B", 16): ("base", 224), ("B", 32): ("base", 256), ("L", 16): ("large", 256),
                 ("So400m", 14): ("so400m", 224), ("So400m", 16): ("so400m", 256)}
-
-
-def flat_params(model: Any) -> dict[str, np.ndarray]:
-    """Every nnx.Param of the model as float32 NumPy, keyed by its '/'-joined path (e.g. 'image/pos_embedding')."""
-    from flax import nnx
-
-    out = {}
-    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
-        out["/".join(str(p) for p in path)] = np.asarray(var[...], dtype=np.float32)
-    return out
-
-
-def log_logit_scale(model: Any) -> float:
-    """log of the scale the model multiplies cosines by (exp(t) clipped at temperature_max, or the fixed one)."""
-    return float(math.log(float(model.logit_scale())))
 
 
 def big_vision_tree(model: Any) -> dict[str, np.ndarray]:
@@ -167,8 +152,6 @@ def export_timm(model: Any, config: ml_collections.ConfigDict, out_dir: str) -> 
     returns the spec plus the weights' path ("weights"; "npz" too for a ViT)."""
     spec = timm_spec(config)
     if spec.get("block") == "Bottleneck":
-        from exif_jax.export.hf_towers import torchvision_state_dict
-
         os.makedirs(out_dir, exist_ok=True)
         path = os.path.join(out_dir, RESNET_NAME)
         write_safetensors(torchvision_state_dict(model), path)
