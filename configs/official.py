@@ -20,9 +20,10 @@ import ml_collections
 from exif_jax.config import load_config
 
 # Tag order of the paper's text: a YFCC100M line lists tags as metadata-extractor read them, IFD0 then the
-# Exif SubIFD, each by tag id (file order), and data.py joins them in that order. Which tags the paper kept
-# (those in >= 49% of its photos, dataProcess/all_exif_count.json) is not published; these are
-# exif.DEFAULT_TAGS in that order.
+# Exif SubIFD, each in the order the file stores them, and data.py joins them in that order; with
+# style="official", render_text keeps that file order and uses this tuple only as the set of tags to keep.
+# Which tags the paper kept (those in >= 49% of its photos, dataProcess/all_exif_count.json) is not
+# published; these are exif.DEFAULT_TAGS, listed in their usual file order.
 OFFICIAL_TAGS = (
     # IFD0
     "Make", "Model", "X Resolution", "Y Resolution", "Resolution Unit", "YCbCr Positioning",
