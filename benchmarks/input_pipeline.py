@@ -51,7 +51,7 @@ def loader_rate(data_dir: str, tok, k: int, size: int, decode: str, batch: int, 
     """(crops per wall second, crops per CPU second) of make_loader, measured after its first batch."""
     cfg = ml_collections.ConfigDict(dict(seed=0, data=dict(
         train_dir=data_dir, crop_size=size, crops_per_image=k, global_batch_size=batch, worker_count=0,
-        prefetch_buffer=2, num_epochs=0, shuffle=True, read_threads=2, decode=decode, spread_window=0)))
+        prefetch_buffer=0, num_epochs=0, shuffle=True, read_threads=0, decode=decode, spread_batches=0)))
     it = iter(pipeline.make_loader(cfg, tok, seed=k, process_index=0, process_count=1))
     try:
         next(it)

@@ -38,8 +38,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.read_threads = 2     # decode threads per process (PIL releases the GIL while decoding)
     c.data.decode = "auto"      # "auto": region decode where build-data rewrote the photo; "whole": always
                                 # decode the whole photo (the slow path; same pixels)
-    c.data.spread_window = 0    # crops mixed across this many positions so a photo's k crops land in
-                                # different batches; 0 -> 4 local batches when crops_per_image > 1; 1 -> off
+    c.data.spread_batches = 0   # crops permuted over windows of this many local batches, so a photo's k
+                                # crops land in different batches; 0 -> 4 when crops_per_image > 1; 1 -> off
 
     # Model.
     c.model = ml_collections.ConfigDict()

@@ -83,7 +83,7 @@ def source_order(data_dir: str) -> list[tuple[str, str]]:
 
 def make_config(data_dir: str, **data) -> ml_collections.ConfigDict:
     d = dict(train_dir=data_dir, crop_size=32, crops_per_image=2, global_batch_size=12, worker_count=0,
-             prefetch_buffer=2, num_epochs=0, shuffle=True, read_threads=2, decode="auto", spread_window=0)
+             prefetch_buffer=2, num_epochs=0, shuffle=True, read_threads=2, decode="auto", spread_batches=0)
     d.update(data)
     return ml_collections.ConfigDict(dict(seed=0, data=d, tokenizer=dict(max_len=16)))
 
@@ -155,7 +155,7 @@ def test_seed_determines_batches(data_dir):
 def test_epochs_reshuffle_and_recrop(data_dir):
     if 2 * NUM_PHOTOS % 12:
         pytest.skip(f"{NUM_PHOTOS} photos x 2 crops do not fill whole batches of 12")
-    cfg = make_config(data_dir, spread_window=1)  # spreading blurs epoch edges by up to one window
+    cfg = make_config(data_dir, spread_batches=1)  # spreading blurs epoch edges by up to one window
     per_epoch = 2 * NUM_PHOTOS // 12
     bs = take(pipeline.make_loader(cfg, ByteTokenizer(), seed=0, process_index=0, process_count=1), 2 * per_epoch)
     e0 = np.concatenate([b["image_id"] for b in bs[:per_epoch]])
@@ -164,9 +164,11 @@ def test_epochs_reshuffle_and_recrop(data_dir):
     assert not np.array_equal(e0, e1)  # a new order each epoch
 
 
-@pytest.mark.parametrize("k", [1, 2, 3])  # 1: batched by index; 2: spread over a window; 3: a group straddles
-def test_restore_state_gives_identical_next_batches(data_dir, k):
-    cfg = make_config(data_dir, crops_per_image=k, spread_window=0 if k < 3 else 1)
+@pytest.mark.parametrize("k,spread", [(1, 0), (2, 0), (5, 0), (3, 1)])
+def test_restore_state_gives_identical_next_batches(data_dir, k, spread):
+    """k=1: batched by index; 2: spread over 4-batch windows; 5: groups straddle windows (48 crops);
+    3 unspread: groups straddle batches."""
+    cfg = make_config(data_dir, crops_per_image=k, spread_batches=spread)
     loader = pipeline.make_loader(cfg, ByteTokenizer(), seed=1, process_index=0, process_count=1)
     it = iter(loader)
     try:
@@ -349,7 +351,7 @@ def test_pipeline_crops_are_the_photos_pixels_at_offset(data_dir):
 def test_crops_of_a_photo_spread_across_batches(data_dir):
     """k=4, batches of 12: the window shuffle (48 crops) mixes what would be 3 whole photos per batch."""
     spread_cfg, plain_cfg = make_config(data_dir, crops_per_image=4), make_config(data_dir, crops_per_image=4,
-                                                                                   spread_window=1)
+                                                                                   spread_batches=1)
     spread = take(pipeline.make_loader(spread_cfg, ByteTokenizer(), seed=6, process_index=0, process_count=1), 8)
     plain = take(pipeline.make_loader(plain_cfg, ByteTokenizer(), seed=6, process_index=0, process_count=1), 8)
     key = lambda bs: sorted(zip(np.concatenate([b["image_id"] for b in bs]).tolist(),
@@ -359,16 +361,17 @@ def test_crops_of_a_photo_spread_across_batches(data_dir):
     per_batch = lambda bs: [len(np.unique(b["image_id"])) for b in bs]
     assert per_batch(plain) == [3] * 8  # 3 photos x 4 crops: neighbours in one batch
     assert np.mean(per_batch(spread)) > 6
-    # and the spread stream resumes exactly from a mid-window state
-    it = iter(pipeline.make_loader(spread_cfg, ByteTokenizer(), seed=6, process_index=0, process_count=1))
-    try:
-        for _ in range(3):
-            next(it)
-        state = it.get_state()
-    finally:
-        it.close()
-    assert_same(take(pipeline.make_loader(spread_cfg, ByteTokenizer(), seed=6, process_index=0, process_count=1),
-                     5, state=state), spread[3:8])
+    # and the spread stream resumes exactly from any point: mid-window, at a window's end, before the start
+    for at in (0, 3, 4, 6):
+        it = iter(pipeline.make_loader(spread_cfg, ByteTokenizer(), seed=6, process_index=0, process_count=1))
+        try:
+            for _ in range(at):
+                next(it)
+            state = it.get_state()
+        finally:
+            it.close()
+        assert_same(take(pipeline.make_loader(spread_cfg, ByteTokenizer(), seed=6, process_index=0,
+                                              process_count=1), 8 - at, state=state), spread[at:8])
 
 
 FULLRES = sorted((REPO.parent / "shared" / "data" / "fullres").glob("*.jpg"))

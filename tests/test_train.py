@@ -32,7 +32,7 @@ def overrides(data_dir: str) -> list[str]:
     """The tiny run every test here shares (one compiled program for all of them)."""
     # f32 compute: runs on different process layouts then differ only by f32 reduction order. The crop spread
     # window is per process (it mixes that process's photos), so it is off where 2 processes must equal 1.
-    return [f"data.train_dir={data_dir}", "data.crop_size=32", "data.global_batch_size=16", "data.spread_window=1",
+    return [f"data.train_dir={data_dir}", "data.crop_size=32", "data.global_batch_size=16", "data.spread_batches=1",
             "model.dtype=float32", "model.image.depth=1", "model.text.depth=1",
             f"train.steps={STEPS}", "train.ckpt_every=10", "train.log_every=5", "train.keep=3",
             "optim.lr=2e-3", "optim.warmup_steps=3"]

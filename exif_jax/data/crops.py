@@ -74,21 +74,33 @@ def _decode_sized(data: bytes, width: int, height: int, what: str) -> np.ndarray
     """Decode a JPEG whose frame size we wrote ourselves, straight into an image of that size; uint8
     [height, width, 3].
 
-    The same libjpeg decompression as Image.open(...).load() (same decoder, arguments and settings: the
-    pixels are identical, tested) without Pillow's marker parsing in Python, which costs as much as
-    decoding a small region. (Decoding to RGBX would skip Pillow's RGB packing, but numpy then copies
-    the 3-of-4-byte view four times slower than the packing costs.)
+    The same libjpeg decompression as Image.open(...).load() (Pillow's own decoder and "raw" packer with
+    the arguments Image.open and tobytes pass: the pixels are identical, tested) without Pillow's marker
+    parsing in Python and its per-call wrappers, which together cost as much as decoding a small region.
     """
-    im = Image.new("RGB", (width, height))
-    dec = Image._getdecoder("RGB", "jpeg", ("RGB", ""))
+    im = Image.core.new("RGB", (width, height))
+    dec = Image.core.jpeg_decoder("RGB", "RGB", "")
     try:
-        dec.setimage(im.im, (0, 0, width, height))
+        dec.setimage(im, (0, 0, width, height))
         consumed, err = dec.decode(data)
     finally:
         dec.cleanup()
     if consumed >= 0 or err < 0:  # consumed < 0: the decoder finished; err < 0: libjpeg reported an error
         raise ValueError(f"{what}: region decode failed (libjpeg status {err}); the pixel file may be damaged")
-    return np.frombuffer(im.tobytes(), np.uint8).reshape(height, width, 3)
+    enc = Image.core.raw_encoder("RGB", "RGB")
+    chunks = []
+    try:
+        enc.setimage(im, (0, 0, width, height))
+        while True:
+            _, err, chunk = enc.encode(3 * width * height + 64)
+            chunks.append(chunk)
+            if err:
+                break
+    finally:
+        enc.cleanup()
+    if err < 0:
+        raise ValueError(f"{what}: packing the decoded region failed ({err})")
+    return np.frombuffer(chunks[0] if len(chunks) == 1 else b"".join(chunks), np.uint8).reshape(height, width, 3)
 
 
 def crops_fast(stream: memoryview | bytes, row_starts: np.ndarray, lengths: np.ndarray, index: FastIndex,

@@ -28,7 +28,7 @@ from jax.sharding import Mesh
 from PIL import Image
 
 from exif_jax.data import crops as crops_lib
-from exif_jax.data import records
+from exif_jax.data import mixing, records
 from exif_jax.data.build import shard_paths
 from exif_jax.data.pixel_store import PixelReader
 from exif_jax.sharding import BATCH_AXES, batch_sharding
@@ -109,24 +109,30 @@ def record_crops(rec: records.Record, reader: PixelReader | None, positions: np.
     return crops_lib.crops_fast(stream, starts, lengths, fast, rec["height"], rec["width"], pos, size, what)
 
 
-class _TagIndex(grain.transforms.MapWithIndex):
-    """(record index, bytes): the index becomes image_id, stable across shuffles and epochs."""
+class _IndexedRecords(grain.sources.RandomAccessDataSource):
+    """Element i is (i, record i's bytes): the record index becomes image_id, stable across shuffles and
+    epochs (a source rather than a map over one, to save a pipeline stage per element)."""
 
-    def __init__(self, num_records: int):
-        self.num_records = num_records
+    def __init__(self, data_dir: str):
+        self._records = make_source(data_dir)
 
-    def map_with_index(self, index: int, element: bytes) -> tuple[int, bytes]:
-        # Views past one epoch pass the raw position down (the source wraps it); wrap it here too.
-        return index % self.num_records, element
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __getitem__(self, index: int) -> tuple[int, bytes]:
+        index %= len(self._records)  # views past one epoch pass the raw position down
+        return index, self._records[index]
 
 
 class _DecodeCropTokenize(grain.transforms.RandomMap):
     """One record -> a group of k crops with their ids and tokens (leading dim k on every field)."""
 
-    def __init__(self, data_dir: str, crop_size: int, k: int, tokenizer: TokenizerLike, decode: str):
+    def __init__(self, data_dir: str, crop_size: int, k: int, tokenizer: TokenizerLike, decode: str,
+                 squeeze: bool = False):
         self.reader = PixelReader(data_dir)  # memory maps, opened in whichever process decodes
         self.crop_size = crop_size
         self.k = k
+        self.squeeze = squeeze  # k == 1: one crop, no leading group axis
         self.tokenizer = tokenizer
         self.decode = decode
 
@@ -145,6 +151,9 @@ class _DecodeCropTokenize(grain.transforms.RandomMap):
         except ValueError as e:
             raise ValueError(f"{path} (record {index}): {e}") from e
         tokens = np.asarray(self.tokenizer.encode(rec["text"]), dtype=np.int32)
+        if self.squeeze:
+            return {"image": crops[0], "tokens": tokens, "image_id": np.int32(index),
+                    "text_id": np.int32(text_id(rec["text"])), "offset": offsets[0]}
         k = self.k
         return {
             "image": crops,  # uint8: the model normalizes on device (4x less host->device traffic than f32)
@@ -153,56 +162,6 @@ class _DecodeCropTokenize(grain.transforms.RandomMap):
             "text_id": np.full((k,), text_id(rec["text"]), np.int32),
             "offset": offsets,
         }
-
-
-class _EpochPermutation(grain.MapDataset):
-    """grain's MapDataset.shuffle for datasets of up to 2**20 records, from cached numpy permutations.
-
-    grain's index shuffle (a Feistel permutation over at least 2**16 slots, cycle-walked down to the
-    dataset) costs ~6 ms per element at 20 records and ~75 us at 1,000 against ~7 us at a million: at
-    demo and benchmark sizes it cost more than decoding a crop. A permutation per epoch (4 MB at the
-    limit) is as stateless and exact to resume: element i is record perm(epoch)[i % n] of epoch i // n.
-    """
-
-    LIMIT = 1 << 20
-
-    def __init__(self, parent: grain.MapDataset, seed: int):
-        super().__init__(parent)
-        self._seed = seed
-        self._cache: dict[int, np.ndarray] = {}
-
-    def __len__(self) -> int:
-        return len(self._parent)
-
-    def __str__(self) -> str:
-        return "EpochPermutation"
-
-    def _perm(self, epoch: int) -> np.ndarray:
-        perm = self._cache.get(epoch)
-        if perm is None:
-            perm = np.random.default_rng([self._seed, epoch]).permutation(len(self._parent)).astype(np.int32)
-            self._cache = {epoch: perm, **{e: p for e, p in self._cache.items() if e == epoch - 1}}
-        return perm
-
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return self.slice(index)
-        epoch, i = divmod(index, len(self._parent))
-        return self._parent[epoch * len(self._parent) + int(self._perm(epoch)[i])]
-
-
-class _SplitCrops(grain.experimental.FlatMapTransform):
-    """A k-crop group -> k single-crop examples (so a window shuffle can spread them)."""
-
-    def __init__(self, k: int):
-        self.max_fan_out = k
-
-    def flat_map(self, group: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
-        return [{name: v[i] for name, v in group.items()} for i in range(len(group["image_id"]))]
-
-
-def _one_crop(group: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {name: v[0] for name, v in group.items()}
 
 
 def _to_numpy(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -253,25 +212,23 @@ def make_loader(
     num_epochs = int(d.get("num_epochs", 0)) or None  # 0 -> repeat forever
     if d.decode not in ("auto", "whole"):
         raise ValueError(f"data.decode must be 'auto' or 'whole', got {d.decode!r}")
-    window = int(d.spread_window) or (4 * local_batch if k > 1 else 0)
+    spread = int(d.spread_batches) or (4 if k > 1 else 1)
     shuffle_seed, crop_seed, spread_seed = _seeds(seed)
 
-    source = make_source(d.train_dir)
-    ds = grain.MapDataset.source(source).map_with_index(_TagIndex(len(source)))
+    ds = grain.MapDataset.source(_IndexedRecords(d.train_dir))
     if d.get("shuffle", True):
         # Before repeat: both shuffles see the raw position, so each epoch gets its own order.
-        ds = _EpochPermutation(ds, shuffle_seed) if len(ds) <= _EpochPermutation.LIMIT else ds.shuffle(
-            seed=shuffle_seed)
+        ds = mixing.shuffled(ds, shuffle_seed)
     ds = ds.repeat(num_epochs)
     # Crops drawn before the process split: the rng depends on the global position only.
-    ds = ds.random_map(_DecodeCropTokenize(d.train_dir, int(d.crop_size), k, tokenizer, d.decode),
+    ds = ds.random_map(_DecodeCropTokenize(d.train_dir, int(d.crop_size), k, tokenizer, d.decode, k == 1),
                        seed=crop_seed)
     ds = ds[process_index::process_count]
 
     if k == 1:
         # One crop per photo: batch by index here, inside the worker processes, so the main process only
         # moves whole batches (it would otherwise touch every crop, thousands a second).
-        ds = ds.map(_one_crop).batch(local_batch, drop_remainder=True)
+        ds = ds.batch(local_batch, drop_remainder=True)
         images_per_batch = 1  # elements are batches from here on
     else:
         images_per_batch = -(-local_batch // k)
@@ -290,13 +247,10 @@ def make_loader(
         it = it.map(_to_numpy)
     if k == 1:
         pass
-    elif window > 1:
-        # A photo's k crops would otherwise sit side by side in one batch; mixed over `window` positions
-        # (several batches) they meet other photos' crops. The window is refilled from the saved state on
-        # restore, so resume stays exact.
-        it = grain.experimental.FlatMapIterDataset(it, _SplitCrops(k))
-        it = grain.experimental.WindowShuffleIterDataset(it, window_size=window, seed=spread_seed)
-        it = it.batch(local_batch, drop_remainder=True)
+    elif spread > 1:
+        # A photo's k crops would otherwise sit side by side in one batch; permuted over `spread` batches
+        # they meet other photos' crops. The window is rebuilt from the saved state on restore.
+        it = mixing.SpreadBatches(it, batch_size=local_batch, window_batches=spread, seed=spread_seed)
     else:
         # Groups of k crops are cut into batches; a group may straddle two batches, which is fine:
         # image_id, not batch membership, tells the loss which crops belong together.
