@@ -25,7 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.tokenizer.max_len = 128     # the EXIF text is ~109 sentencepiece tokens on average (max 171 here)
 
     c.data.crop_size = 64
-    c.data.crops_per_image = 8       # decoding a whole camera JPEG is the cost: take 8 crops from each
+    c.data.crops_per_image = 8       # 8 crops of each photo (spread over batches); fewer photo reads per step
     c.data.global_batch_size = 64
     c.data.worker_count = 0
     c.data.read_threads = 2
