@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 TOL = 1e-4
 SIGLIP = ["model.image.pool=map", "model.image.head=none", "model.text.pool=last", "model.text.mask_pad=False",
-          "model.temperature_max=inf", "loss.kind=sigmoid", "model.embed_dim=64"]
+          "model.logit_scale_max=inf", "loss.kind=sigmoid", "model.embed_dim=64"]
 CASES = {"map": SIGLIP,
          "avg+head": SIGLIP + ["model.image.pool=avg", "model.image.head=linear", "model.embed_dim=32"],
          "cls": SIGLIP + ["model.image.pool=cls"],

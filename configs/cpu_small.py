@@ -13,15 +13,13 @@ Measured (docs/experiments/camera_heldout: 109 photos of the train cameras, 2 co
 image->EXIF top-1 from ~0.14 to ~0.7 (last 50 steps; chance ~1/8: 8 photos x 8 crops a batch).
 Checkpoints every 250 steps in /tmp/exif_small/run/ckpt; rerun the same command to resume.
 """
-import os
-
 import ml_collections
 
-from exif_jax.config import load_config
+from exif_jax import schema
 
 
 def get_config() -> ml_collections.ConfigDict:
-    c = load_config(os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny.py"))  # the base schema
+    c = schema.base_config()
     c.tokenizer.max_len = 128     # the EXIF text is ~109 sentencepiece tokens on average (max 171 here)
 
     c.data.crop_size = 64

@@ -6,15 +6,13 @@ Gives: a tiny exact-SigLIP-shaped model (MAP-pooled ViT, last-token text tower, 
 the checkpoint exports to transformers' SiglipModel, trained with InfoNCE on 32-px native crops of the
 train cameras' photos; the demo then localizes splices made from the held-out cameras with it.
 """
-import os
-
 import ml_collections
 
-from exif_jax.config import load_config
+from exif_jax import schema
 
 
 def get_config() -> ml_collections.ConfigDict:
-    c = load_config(os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny.py"))  # the base schema
+    c = schema.base_config()
     c.tokenizer.max_len = 128           # the bundled texts average ~109 tokens: keep every tag
     c.data.crop_size = 32
     c.data.crops_per_image = 4          # 4 crops of each photo a pass: 12 train photos fill batches of 32
@@ -24,7 +22,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.image.update(dict(width=64, depth=2, heads=4, mlp_dim=128, patch=8, pool="map", head="none"))
     c.model.text.update(dict(width=64, depth=2, heads=4, mlp_dim=128, pool="last", mask_pad=False))
     c.model.embed_dim = 64
-    c.model.temperature_max = float("inf")
+    c.model.logit_scale_max = float("inf")
     c.model.dtype = "float32"           # CPU: bf16 is emulated and slower
     c.loss.kind = "infonce"
     c.optim.update(dict(lr=2e-3, warmup_steps=20))

@@ -5,19 +5,17 @@ DistilBERT (distilbert-base-uncased) text tower averaged over its tokens, both u
 projection) and L2-normalized for the loss; fixed logit scale exp(CLIP's logit_scale) (= 100); EXIF text in
 the paper code's "official" style, WordPiece ids from distilbert-base-uncased's vocab.txt.
 
-The importer fills in from the checkpoint and the vocab: model.temperature_init (exp of the file's
+The importer fills in from the checkpoint and the vocab: model.logit_scale_init (exp of the file's
 model.logit_scale), model.text.vocab_size, model.text.pad_id and tokenizer.model (the copied vocab.txt).
-Everything not about the model (data, optimizer, loop, mesh) is configs/tiny.py's; set those to fine-tune.
+Everything not about the model (data, optimizer, loop, mesh) is configs/base.py's; set those to fine-tune.
 
 Run:
   exif-jax import-official --weights wrapper.pth --vocab vocab.txt --out runs/official
   exif-jax localize photo.jpg --checkpoint runs/official -o out/
 """
-import os
-
 import ml_collections
 
-from exif_jax.config import load_config
+from exif_jax import schema
 
 # Tag order of the paper's text: a YFCC100M line lists tags as metadata-extractor read them, IFD0 then the
 # Exif SubIFD, each in the order the file stores them, and data.py joins them in that order; with
@@ -41,7 +39,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def get_config() -> ml_collections.ConfigDict:
-    c = load_config(os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny.py"))  # the base schema
+    c = schema.base_config()
     c.exif.tags = OFFICIAL_TAGS
     c.exif.style = "official"
     c.exif.max_value_len = 40  # the official rules keep values under 20 characters, units aside
@@ -56,19 +54,14 @@ def get_config() -> ml_collections.ConfigDict:
 
     m = c.model
     m.embed_dim = 768
-    m.image = ml_collections.ConfigDict(dict(
-        kind="resnet", variant="50", width=64, depth=0, heads=0, mlp_dim=0, patch=0, pool="avg",
-        size=124, mean=CLIP_MEAN, std=CLIP_STD, head="linear", head_bias=True,  # fc: Linear(2048, 768)
-        bn_frozen=False, remat=False))
-    m.image.size = c.data.get_ref("crop_size")
-    m.text = ml_collections.ConfigDict(dict(
-        kind="distilbert", width=768, depth=6, heads=12, mlp_dim=3072,
-        vocab_size=30522, max_len=512, pad_id=0, eos_id=102,  # [PAD], [SEP] in distilbert-base-uncased
-        pool="mean", mask_pad=True, causal=False, head="none", head_bias=True, remat=False))
-    m.text.max_len = c.tokenizer.get_ref("max_len")
-    m.learn_temperature = False
-    m.temperature_init = 100.0           # exp(CLIP's trained logit_scale); the importer reads the file's
-    m.temperature_max = 100.0
+    m.image.update(dict(kind="resnet", variant="50", width=64, pool="avg", mean=CLIP_MEAN, std=CLIP_STD,
+                        head="linear", head_bias=True))  # fc: Linear(2048, 768)
+    m.text.update(dict(kind="distilbert", width=768, depth=6, heads=12, mlp_dim=3072, vocab_size=30522,
+                       pad_id=0, eos_id=102,  # [PAD], [SEP] in distilbert-base-uncased
+                       pool="mean", mask_pad=True, causal=False, head="none", head_bias=True))
+    m.learn_logit_scale = False
+    m.logit_scale_init = 100.0           # exp(CLIP's trained logit_scale); the importer reads the file's
+    m.logit_scale_max = 100.0
     m.dtype = "float32"                  # the released towers ran in f32 (CLIP's fp16 cast preceded them)
     m.param_dtype = "float32"
     return c

@@ -16,15 +16,13 @@ Run:
 Gives: the paper-shaped towers in runs/rn50/ckpt (every 2,000 steps, keep 3), TensorBoard in runs/rn50/tb.
 For scale: the paper's own PyTorch setup ran at 282 img/s on one H200 (notes/performance.md), ~74 hours.
 """
-import os
-
 import ml_collections
 
-from exif_jax.config import load_config
+from exif_jax import schema
 
 
 def get_config() -> ml_collections.ConfigDict:
-    c = load_config(os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny.py"))  # the base schema
+    c = schema.base_config()
     c.tokenizer.max_len = 64
 
     c.data.crop_size = 124
@@ -41,9 +39,9 @@ def get_config() -> ml_collections.ConfigDict:
     m.image.std = (0.26862954, 0.26130258, 0.27577711)
     m.text.update(dict(width=768, depth=6, heads=12, mlp_dim=3072, pool="mean", head="none"))
     m.embed_dim = 768
-    m.learn_temperature = False
-    m.temperature_init = 100.0
-    m.temperature_max = 100.0
+    m.learn_logit_scale = False
+    m.logit_scale_init = 100.0
+    m.logit_scale_max = 100.0
     m.dtype = "bfloat16"
     m.param_dtype = "float32"
 

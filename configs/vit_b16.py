@@ -11,15 +11,13 @@ at batch 1024; `benchmarks/train_step.py --config configs/vit_b16.py` measures i
 Larger batches: raise data.global_batch_size (and optim.lr roughly linearly); for a pod slice set
 mesh.fsdp (e.g. --config.mesh.fsdp=4) when optimizer state no longer fits replicated.
 """
-import os
-
 import ml_collections
 
-from exif_jax.config import load_config
+from exif_jax import schema
 
 
 def get_config() -> ml_collections.ConfigDict:
-    c = load_config(os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny.py"))  # the base schema
+    c = schema.base_config()
     c.tokenizer.max_len = 64
 
     c.data.crop_size = 128
@@ -34,9 +32,9 @@ def get_config() -> ml_collections.ConfigDict:
     m.image.pool = "avg"
     m.text.update(dict(width=512, depth=6, heads=8, mlp_dim=2048))
     m.embed_dim = 512
-    m.temperature_init = 1 / 0.07
-    m.temperature_max = 100.0
-    m.learn_temperature = True
+    m.logit_scale_init = 1 / 0.07
+    m.logit_scale_max = 100.0
+    m.learn_logit_scale = True
     m.dtype = "bfloat16"
     m.param_dtype = "float32"
 

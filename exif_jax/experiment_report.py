@@ -136,7 +136,7 @@ def _train_summary(rows: Sequence[dict], config: dict, last: int = 50) -> dict:
 
 def tokenizer_line(config: dict, timings: dict) -> str:
     """Which sentencepiece model the run used and which texts it saw (the bundled one saw every shared photo)."""
-    path = config.get("tokenizer", {}).get("model", "")
+    path = config["tokenizer"]["model"]
     if not path:
         return ("Tokenizer: the bundled sentencepiece model, trained on the texts of all shared photos, test "
                 "cameras included (a vocabulary-level leak: pieces only, no labels).")

@@ -191,10 +191,10 @@ class Tokenizer:
 def make_tokenizer(config: Any) -> Any:
     """The text tokenizer the config names: tokenizer.kind "sentencepiece" (default) or "wordpiece" (DistilBERT)."""
     tok = config.tokenizer
-    kind = tok.get("kind", "sentencepiece")
+    kind = tok.kind
     if kind == "wordpiece":
         from exif_jax.wordpiece import WordPiece
-        return WordPiece(tok.model, max_len=int(tok.max_len), lowercase=bool(tok.get("lowercase", True)))
+        return WordPiece(tok.model, max_len=int(tok.max_len), lowercase=bool(tok.lowercase))
     if kind != "sentencepiece":
         raise ValueError(f"tokenizer.kind must be 'sentencepiece' or 'wordpiece', got {kind!r}")
     return Tokenizer(tok.model or None, max_len=int(tok.max_len))
@@ -202,7 +202,7 @@ def make_tokenizer(config: Any) -> Any:
 
 def vocab_size_of(config: Any) -> int:
     """The text tower's vocabulary size: model.text.vocab_size if set, else the configured tokenizer's."""
-    return int(config.model.text.get("vocab_size", 0) or 0) or make_tokenizer(config).vocab_size
+    return int(config.model.text.vocab_size) or make_tokenizer(config).vocab_size
 
 
 # ----------------------------------------------------------------------------- CLI

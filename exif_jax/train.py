@@ -94,10 +94,10 @@ def make_optimizer(config: ml_collections.ConfigDict) -> tuple[optax.GradientTra
     o = config.optim
     schedule = optax.warmup_cosine_decay_schedule(
         0.0, o.lr, max(int(o.warmup_steps), 1), max(int(config.train.steps), int(o.warmup_steps) + 1),
-        end_value=float(o.get("end_lr", 0.0)))
+        end_value=float(o.end_lr))
     tx = optax.chain(
         optax.clip_by_global_norm(o.clip_norm) if o.clip_norm else optax.identity(),
-        optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=float(o.get("eps", 1e-8)),
+        optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=float(o.eps),
                     weight_decay=o.weight_decay, mask=decay_mask))
     return tx, schedule
 
@@ -129,7 +129,7 @@ def make_train_step(graphdef: Any, loss_fn: Any, tx: optax.GradientTransformatio
     """jit(state, batch) -> (state, metrics), state donated, shardings pinned at the boundary."""
     from flax import nnx
 
-    accum = int(config.optim.get("grad_accum", 1))
+    accum = int(config.optim.grad_accum)
     # Test hook (documented in configs/tiny.py): steps whose loss is multiplied by NaN.
     poison = tuple(int(s) for s in config.get("debug", {}).get("poison_steps", ()))
 
@@ -202,7 +202,7 @@ def make_trainer(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, voc
     graphdef, init = make_init(config, vocab_size, tx)
     abstract_state = jax.eval_shape(init)
     state_sh = sharding.state_shardings(abstract_state, mesh,
-                                        fsdp_min_size=int(config.mesh.get("fsdp_min_size", 2**14)))
+                                        fsdp_min_size=int(config.mesh.fsdp_min_size))
     loss_fn = losses.make_loss_fn(config.loss.kind, config.loss.impl, mesh, batch_axes=sharding.BATCH_AXES)
     train_step = make_train_step(graphdef, loss_fn, tx, schedule, config, state_sh, mesh)
     return Trainer(jax.jit(init, out_shardings=state_sh), abstract_state, state_sh, train_step, schedule)
@@ -227,10 +227,6 @@ def main(config_path: str, workdir: str, overrides: Sequence[str] = (), *, distr
     # 2. Multi-host init (before anything touches a device). -------------------------------------------
     init_distributed(distributed, coordinator, num_processes, process_id)
     is_main = jax.process_index() == 0
-    if is_main:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json(indent=2))
 
     # 3. Mesh. ---------------------------------------------------------------------------------------
     mesh = sharding.make_mesh(config.mesh)
@@ -242,8 +238,14 @@ def main(config_path: str, workdir: str, overrides: Sequence[str] = (), *, distr
     data_iter = pipeline.make_global_iterator(config, tokenizer, mesh, seed=config.seed,
                                               batch_axes=sharding.BATCH_AXES)
 
+    vocab_size = int(config.model.text.vocab_size) or tokenizer.vocab_size
+    config.model.text.vocab_size = vocab_size  # config.json records what is built
+    if is_main:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json(indent=2))
+
     # 5-6. Model, optimizer (abstract: nothing allocated yet) and the jitted train step. ---------------
-    vocab_size = int(config.model.text.get("vocab_size", 0)) or tokenizer.vocab_size
     trainer = make_trainer(config, mesh, vocab_size)
     abstract_state, state_sh, train_step = trainer.abstract_state, trainer.state_shardings, trainer.train_step
     n_params = sum(x.size for x in jax.tree.leaves(abstract_state["params"]))
@@ -302,7 +304,7 @@ def main(config_path: str, workdir: str, overrides: Sequence[str] = (), *, distr
 
     # 10. Loop. ----------------------------------------------------------------------------------------
     step, stop_at = start, total
-    if int(c_train.get("max_steps_per_run", 0)) > 0:
+    if int(c_train.max_steps_per_run) > 0:
         stop_at = min(total, start + int(c_train.max_steps_per_run))
     if start >= total:
         log(f"nothing to do: checkpoint step {start} >= train.steps {total}")

@@ -49,7 +49,7 @@ def tiny_workdir(tmp_path_factory):
 
 # Exact SigLIP shape at the tiny config's sizes (exports to transformers.SiglipModel): both widths == embed_dim.
 SIGLIP_OVERRIDES = ["model.image.pool=map", "model.image.head=none", "model.text.pool=last",
-                    "model.text.mask_pad=False", "model.temperature_max=inf", "loss.kind=sigmoid",
+                    "model.text.mask_pad=False", "model.logit_scale_max=inf", "loss.kind=sigmoid",
                     "model.embed_dim=64"]
 
 

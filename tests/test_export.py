@@ -20,6 +20,7 @@ transformers = pytest.importorskip("transformers")
 
 from conftest import SIGLIP_OVERRIDES  # noqa: E402
 from exif_jax import cli, exif, train  # noqa: E402
+from exif_jax.config import VIT_SIZES  # noqa: E402
 from exif_jax.data import pipeline  # noqa: E402
 from exif_jax.export import hf, parity, timm  # noqa: E402
 from exif_jax.tokenizer import BUNDLED_MODEL, Tokenizer  # noqa: E402
@@ -117,7 +118,7 @@ def test_variant_mask_pad_identity_head_infonce_clipped_temperature(tmp_path):
     """Options beyond exact SigLIP that map exactly: masked pads (the tokenizer then returns attention_mask),
     no text projection (identity head), InfoNCE (bias 0), and a clipped temperature folded into logit_scale."""
     model, config = random_model(SIGLIP + ["model.text.mask_pad=True", "model.text.head=none",
-                                           "loss.kind=infonce", "model.temperature_max=5.0"], seed=1)
+                                           "loss.kind=infonce", "model.logit_scale_max=5.0"], seed=1)
     assert model.b is None and math.isclose(float(model.logit_scale()), 5.0, rel_tol=1e-6)
     hf.export_hf(model, config, str(tmp_path), tokenizer_model=str(BUNDLED_MODEL))
     assert_parity(model, config, str(tmp_path))
@@ -291,7 +292,7 @@ def test_timm_npz_has_every_key_timm_reads(trained, tmp_path):
         spec = check_npz(str(out))
         assert spec["kwargs"]["global_pool"] == pool
     assert spec["kwargs"]["no_embed_class"] is True  # cls: our cls token gets no position embedding
-    assert timm.timm_spec(load_config(SIGLIP + ["model.image.variant=B/16"]))["model_name"] == \
+    assert timm.timm_spec(load_config(SIGLIP + ["model.image.variant=B/16"] + [f"model.image.{k}=None" for k in VIT_SIZES]))["model_name"] == \
         "vit_base_patch16_siglip_224"
 
 

@@ -12,6 +12,7 @@ import pytest
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from exif_jax.config import resolve
 from exif_jax.models import resnet, text, towers, vit
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,7 +115,7 @@ def test_siglip_layout_is_expressible():
     c.model.embed_dim = 64  # = both widths: SiglipModel has no vision projection
     c.model.image.update(pool="map", head="none")
     c.model.text.update(pool="last", mask_pad=False, head="linear")
-    c.model.update(temperature_init=10.0, temperature_max=float("inf"))
+    c.model.update(logit_scale_init=10.0, logit_scale_max=float("inf"))
     model = towers.create_model(c, VOCAB, nnx.Rngs(0))
     paths = param_paths(model)
     assert paths["image/MAPHead_0/probe"] == (1, 1, 64)
@@ -220,16 +221,16 @@ def test_bf16_compute_is_close_to_f32():
 
 def test_temperature_clip_and_fixed_scale():
     c = tiny_config()
-    c.model.update(temperature_init=1000.0, temperature_max=100.0)
+    c.model.update(logit_scale_init=1000.0, logit_scale_max=100.0)
     model = towers.create_model(c, VOCAB, nnx.Rngs(0))
     assert float(model.logit_scale()) == pytest.approx(100.0)
     grad = nnx.grad(lambda m: m.logit_scale())(model)
     assert float(grad["t"][...][0]) == 0.0  # clipped: no gradient pushes it further
-    c.model.update(temperature_init=10.0)
+    c.model.update(logit_scale_init=10.0)
     model = towers.create_model(c, VOCAB, nnx.Rngs(0))
     grad = nnx.grad(lambda m: m.logit_scale())(model)
     assert float(grad["t"][...][0]) == pytest.approx(10.0, rel=1e-5)  # d exp(t)/dt
-    c.model.learn_temperature = False
+    c.model.learn_logit_scale = False
     model = towers.create_model(c, VOCAB, nnx.Rngs(0))
     assert "t" not in param_paths(model)
     assert float(model.logit_scale()) == pytest.approx(10.0, rel=1e-6)
@@ -267,7 +268,8 @@ def test_a_gradient_step_reduces_a_contrastive_loss():
 def test_flops_per_example_matches_xla_for_b16_plus_text():
     c = tiny_config()
     c.data.crop_size = 128
-    c.model.image.variant = "B/16"
+    c.model.image.update(variant="B/16", width=None, depth=None, heads=None, mlp_dim=None, patch=None)
+    resolve(c)
     c.model.text.update(width=512, depth=6, heads=8, mlp_dim=2048)
     c.model.embed_dim = 512
     flops = towers.flops_per_example(c)

@@ -244,10 +244,10 @@ def test_nan_steps_are_skipped_then_training_stops(tmp_path, bundled_records, en
 def test_config_overrides_take_the_existing_type():
     from exif_jax import train
 
-    c = train.load_config(CONFIG, ["data.crop_size=16", "model.learn_temperature=false", "optim.lr=3e-4",
+    c = train.load_config(CONFIG, ["data.crop_size=16", "model.learn_logit_scale=false", "optim.lr=3e-4",
                                    "debug.poison_steps=3,5", "train.steps=7"])
     assert (c.data.crop_size, c.model.image.size) == (16, 16)  # references in the config follow
-    assert c.model.learn_temperature is False and c.optim.lr == 3e-4 and c.debug.poison_steps == (3, 5)
+    assert c.model.learn_logit_scale is False and c.optim.lr == 3e-4 and c.debug.poison_steps == (3, 5)
     with pytest.raises(KeyError, match="no such key"):
         train.load_config(CONFIG, ["data.crop=3"])
     with pytest.raises(ValueError, match="cannot parse as int"):

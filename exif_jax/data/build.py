@@ -403,7 +403,7 @@ def settings_from_config(config_path: str | None, min_size: int = 128) -> Settin
     from exif_jax.config import load_config
     c = load_config(config_path)
     return Settings(tag_order=tuple(c.exif.tags), max_value_len=int(c.exif.max_value_len),
-                    style=str(c.exif.get("style", "metadata_extractor")), min_size=min_size)
+                    style=str(c.exif.style), min_size=min_size)
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:

@@ -209,14 +209,14 @@ def make_loader(
     k = int(d.crops_per_image)
     if k < 1 or d.crop_size < 1:
         raise ValueError(f"need crops_per_image >= 1 and crop_size >= 1, got {k}, {d.crop_size}")
-    num_epochs = int(d.get("num_epochs", 0)) or None  # 0 -> repeat forever
+    num_epochs = int(d.num_epochs) or None  # 0 -> repeat forever
     if d.decode not in ("auto", "whole"):
         raise ValueError(f"data.decode must be 'auto' or 'whole', got {d.decode!r}")
     spread = int(d.spread_batches) or (4 if k > 1 else 1)
     shuffle_seed, crop_seed, spread_seed = _seeds(seed)
 
     ds = grain.MapDataset.source(_IndexedRecords(d.train_dir))
-    if d.get("shuffle", True):
+    if d.shuffle:
         # Before repeat: both shuffles see the raw position, so each epoch gets its own order.
         ds = mixing.shuffled(ds, shuffle_seed)
     ds = ds.repeat(num_epochs)
@@ -233,7 +233,7 @@ def make_loader(
     else:
         images_per_batch = -(-local_batch // k)
     read = grain.ReadOptions(
-        num_threads=int(d.get("read_threads", 2)),
+        num_threads=int(d.read_threads),
         prefetch_buffer_size=max(int(d.prefetch_buffer) * images_per_batch, 1))
     it = ds.to_iter_dataset(read)
     if d.worker_count > 0:

@@ -49,21 +49,9 @@ class Localization:
 
 def load_for_inference(workdir_or_ckpt: str, step: int | None = None) -> tuple[Any, Any]:
     """(model in eval mode, config) from a trainer workdir (WORKDIR/config.json + WORKDIR/ckpt) or its ckpt dir."""
-    import ml_collections
+    from exif_jax import workdir
 
-    from exif_jax import checkpoint
-
-    p = Path(workdir_or_ckpt)
-    if (p / "config.json").is_file():
-        config_path, ckpt = p / "config.json", (p / "ckpt" if (p / "ckpt").is_dir() else p)
-    elif (p.parent / "config.json").is_file():
-        config_path, ckpt = p.parent / "config.json", p
-    else:
-        raise FileNotFoundError(f"{workdir_or_ckpt}: no config.json here or in the parent directory "
-                                "(`exif-jax train` writes WORKDIR/config.json and WORKDIR/ckpt)")
-    config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
-    model, _ = checkpoint.load_model(config, str(ckpt), step)
-    model.eval()
+    model, config, _ = workdir.load_model(workdir_or_ckpt, step)
     return model, config
 
 

@@ -19,22 +19,16 @@ FORMATS = ("hf", "timm", "all")
 
 def read_workdir(checkpoint: str) -> tuple[ml_collections.ConfigDict, str]:
     """(config, orbax directory) of a training workdir (or of its ckpt/ folder)."""
-    checkpoint = os.path.abspath(checkpoint)
-    for cfg_dir, ckpt_dir in ((checkpoint, os.path.join(checkpoint, "ckpt")),
-                              (os.path.dirname(checkpoint), checkpoint)):
-        path = os.path.join(cfg_dir, "config.json")
-        if os.path.isfile(path) and os.path.isdir(ckpt_dir):
-            with open(path) as f:
-                return ml_collections.ConfigDict(json.load(f)), ckpt_dir
-    raise FileNotFoundError(f"{checkpoint}: not a training workdir (expected config.json and a ckpt/ folder "
-                            "written by `exif-jax train`)")
+    from exif_jax import workdir
+
+    return workdir.read_config(checkpoint), str(workdir.locate(checkpoint)[1])
 
 
 def tokenizer_path(config: ml_collections.ConfigDict) -> str:
     """The sentencepiece model the run trained with (the bundled one when config.tokenizer.model is empty)."""
     from exif_jax.tokenizer import BUNDLED_MODEL
 
-    path = config.tokenizer.get("model", "") or str(BUNDLED_MODEL)
+    path = config.tokenizer.model or str(BUNDLED_MODEL)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"tokenizer model {path} (config.tokenizer.model) not found")
     return path
@@ -48,7 +42,7 @@ def export(checkpoint: str, out_dir: str, fmt: str = "all", *, step: int | None 
     if fmt not in FORMATS:
         raise ValueError(f"--format must be one of {FORMATS}, got {fmt!r}")
     config, ckpt_dir = read_workdir(checkpoint)
-    per_tower = config.model.image.get("kind", "vit") == "resnet"  # no stock dual encoder hosts a ResNet
+    per_tower = config.model.image.kind == "resnet"  # no stock dual encoder hosts a ResNet
     if fmt in ("hf", "all"):  # fail before the restore
         (hf_towers.check_towers_exportable if per_tower else hf.check_siglip_exportable)(config)
     if fmt in ("timm", "all"):

@@ -7,7 +7,7 @@ What maps onto SiglipModel (anything else is refused with the option named):
   model.text.mask_pad=False                          the tokenizer returns input_ids only (pads attended, SigLIP)
   model.text.mask_pad=True                           the tokenizer also returns attention_mask (pads masked)
   loss.kind="sigmoid" | "infonce"                    logit_bias = b, or 0 (InfoNCE logits have no bias)
-  model.temperature_max / learn_temperature           logit_scale = log(the scale the model used), clip folded in
+  model.logit_scale_max / learn_logit_scale           logit_scale = log(the scale the model used), clip folded in
 Not exportable here: pool "avg"/"cls" or an image projection (SiglipModel has neither; --format timm takes
 them), text pool "eos"/"mean" and causal text (SiglipTextModel reads the last position, bidirectionally), and
 ResNet image towers (transformers' ResNetModel would need a model of its own beside a text model).
@@ -38,22 +38,22 @@ def check_siglip_exportable(config: ml_collections.ConfigDict) -> None:
     m = config.model
     img, txt = m.image, m.text
     problems = []
-    if img.get("kind", "vit") != "vit":
+    if img.kind != "vit":
         problems.append(f"model.image.kind={img.kind!r}: only a ViT image tower maps to SiglipVisionModel "
                         "(ResNet towers are not exported to transformers)")
     else:
-        if img.get("pool", "avg") != "map":
-            problems.append(f"model.image.pool={img.get('pool', 'avg')!r}: SiglipVisionModel pools with a MAP "
+        if img.pool != "map":
+            problems.append(f"model.image.pool={img.pool!r}: SiglipVisionModel pools with a MAP "
                             "head only (use --format timm for avg/cls pooling)")
-        if img.get("head", "linear") != "none":
-            problems.append(f"model.image.head={img.get('head', 'linear')!r}: SiglipModel has no image "
+        if img.head != "none":
+            problems.append(f"model.image.head={img.head!r}: SiglipModel has no image "
                             "projection (train with model.image.head='none', width == embed_dim)")
-    if txt.get("kind", "transformer") != "transformer":
+    if txt.kind != "transformer":
         problems.append(f"model.text.kind={txt.kind!r}: only the transformer text tower is exportable")
-    if txt.get("pool", "mean") != "last":
-        problems.append(f"model.text.pool={txt.get('pool', 'mean')!r}: SiglipTextModel pools the last "
+    if txt.pool != "last":
+        problems.append(f"model.text.pool={txt.pool!r}: SiglipTextModel pools the last "
                         "position only (train with model.text.pool='last')")
-    if txt.get("causal", False):
+    if txt.causal:
         problems.append("model.text.causal=True: SiglipTextModel attends bidirectionally")
     if problems:
         raise NotExportable("cannot export as transformers SiglipModel:\n  - " + "\n  - ".join(problems))
@@ -153,11 +153,11 @@ def siglip_state_dict(model: Any, config: ml_collections.ConfigDict) -> dict[str
 def siglip_text_config(config: ml_collections.ConfigDict, vocab_size: int) -> dict[str, Any]:
     """SiglipTextConfig fields of our text transformer (the head maps width -> embed_dim, or is the identity)."""
     txt = config.model.text
-    head = txt.get("head", "linear") == "linear"
+    head = txt.head == "linear"
     return dict(vocab_size=int(vocab_size), hidden_size=int(txt.width), intermediate_size=int(txt.mlp_dim),
                 num_hidden_layers=int(txt.depth), num_attention_heads=int(txt.heads),
                 max_position_embeddings=int(txt.max_len), hidden_act=HIDDEN_ACT, layer_norm_eps=LN_EPS,
-                pad_token_id=int(txt.get("pad_id", 0)), eos_token_id=int(txt.get("eos_id", 1)),
+                pad_token_id=int(txt.pad_id), eos_token_id=int(txt.eos_id),
                 bos_token_id=None, projection_size=int(config.model.embed_dim) if head else int(txt.width))
 
 
@@ -215,8 +215,8 @@ def image_processor_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
         "image_processor_type": "SiglipImageProcessor", "processor_class": "SiglipProcessor",
         "do_resize": False, "size": {"height": size, "width": size}, "resample": 3,
         "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
-        "image_mean": [float(x) for x in img.get("mean", (0.5,) * 3)],
-        "image_std": [float(x) for x in img.get("std", (0.5,) * 3)], "do_convert_rgb": True,
+        "image_mean": [float(x) for x in img.mean],
+        "image_std": [float(x) for x in img.std], "do_convert_rgb": True,
     }
 
 
@@ -229,7 +229,7 @@ def export_hf(model: Any, config: ml_collections.ConfigDict, out_dir: str, *, to
     weights = os.path.join(out_dir, "model.safetensors")
     write_safetensors(state, weights)
     tok = hf_tokenizer(tokenizer_model, int(config.model.text.max_len),
-                       mask_pad=bool(config.model.text.get("mask_pad", True)))
+                       mask_pad=bool(config.model.text.mask_pad))
     if len(tok) > vocab_size:
         raise NotExportable(f"{tokenizer_model}: {len(tok)} pieces but the text embedding has {vocab_size} rows")
     tok.save_pretrained(out_dir)

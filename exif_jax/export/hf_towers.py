@@ -57,17 +57,17 @@ def check_towers_exportable(config: ml_collections.ConfigDict) -> None:
     m = config.model
     txt = m.text
     problems = []
-    if m.image.get("kind", "vit") != "resnet":
-        problems.append(f"model.image.kind={m.image.get('kind')!r}: the per-tower export is for ResNet image "
+    if m.image.kind != "resnet":
+        problems.append(f"model.image.kind={m.image.kind!r}: the per-tower export is for ResNet image "
                         "towers (ViT towers export as one SiglipModel)")
-    kind = txt.get("kind", "transformer")
+    kind = txt.kind
     if kind == "transformer":
-        if txt.get("pool", "mean") not in ("last", "mean"):
-            problems.append(f"model.text.pool={txt.get('pool')!r}: SiglipTextModel exports pool 'last' or 'mean'")
-        if txt.get("causal", False):
+        if txt.pool not in ("last", "mean"):
+            problems.append(f"model.text.pool={txt.pool!r}: SiglipTextModel exports pool 'last' or 'mean'")
+        if txt.causal:
             problems.append("model.text.causal=True: SiglipTextModel attends bidirectionally")
     elif kind == "distilbert":
-        if txt.get("head", "linear") != "none":
+        if txt.head != "none":
             problems.append("model.text.head='linear' with kind='distilbert': DistilBertModel has no projection")
     else:
         problems.append(f"model.text.kind={kind!r}: only 'transformer' and 'distilbert' text towers export")
@@ -116,8 +116,8 @@ def resnet_processor_config(config: ml_collections.ConfigDict) -> dict[str, Any]
         "image_processor_type": "ConvNextImageProcessor", "do_resize": False,
         "size": {"shortest_edge": size}, "crop_pct": 1.0, "resample": 3,
         "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
-        "image_mean": [float(x) for x in img.get("mean", (0.5,) * 3)],
-        "image_std": [float(x) for x in img.get("std", (0.5,) * 3)],
+        "image_mean": [float(x) for x in img.mean],
+        "image_std": [float(x) for x in img.std],
     }
 
 
@@ -135,7 +135,7 @@ def distilbert_config(model: Any, config: ml_collections.ConfigDict) -> Any:
     vocab = int(model.text.embeddings.word_embeddings.embedding.shape[0])
     cfg = DistilBertConfig(vocab_size=vocab, max_position_embeddings=int(t.max_len), dim=int(t.width),
                            n_layers=int(t.depth), n_heads=int(t.heads), hidden_dim=int(t.mlp_dim),
-                           activation="gelu", pad_token_id=int(t.get("pad_id", 0)),
+                           activation="gelu", pad_token_id=int(t.pad_id),
                            sinusoidal_pos_embds=False)
     cfg.architectures = ["DistilBertModel"]
     return cfg
@@ -146,7 +146,7 @@ def _save_wordpiece(vocab_path: str, config: ml_collections.ConfigDict, out_dir:
     from transformers import DistilBertTokenizer
 
     shutil.copyfile(vocab_path, os.path.join(out_dir, "vocab.txt"))
-    lower = bool(config.tokenizer.get("lowercase", True))
+    lower = bool(config.tokenizer.lowercase)
     with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
         json.dump({"tokenizer_class": "DistilBertTokenizer", "do_lower_case": lower,
                    "model_max_length": int(config.model.text.max_len)}, f, indent=2)
@@ -170,7 +170,7 @@ def export_towers(model: Any, config: ml_collections.ConfigDict, out_dir: str, *
         json.dump(resnet_processor_config(config), f, indent=2)
 
     t = config.model.text
-    if t.get("kind", "transformer") == "distilbert":
+    if t.kind == "distilbert":
         txt_state, text_class, pool = distilbert_state_dict(model), "DistilBertModel", "mean"
         distilbert_config(model, config).save_pretrained(text_dir)
         _save_wordpiece(tokenizer_model, config, text_dir)
@@ -185,7 +185,7 @@ def export_towers(model: Any, config: ml_collections.ConfigDict, out_dir: str, *
         cfg = SiglipTextConfig(**hf.siglip_text_config(config, vocab))
         cfg.architectures = ["SiglipTextModel"]
         cfg.save_pretrained(text_dir)
-        tok = hf.hf_tokenizer(tokenizer_model, int(t.max_len), mask_pad=bool(t.get("mask_pad", True)))
+        tok = hf.hf_tokenizer(tokenizer_model, int(t.max_len), mask_pad=bool(t.mask_pad))
         if len(tok) > vocab:
             raise NotExportable(f"{tokenizer_model}: {len(tok)} pieces but the text embedding has {vocab} rows")
         tok.save_pretrained(text_dir)
@@ -197,7 +197,7 @@ def export_towers(model: Any, config: ml_collections.ConfigDict, out_dir: str, *
         "format": "exif-jax dual encoder (one stock transformers model per tower)",
         "image": {"dir": "image", "class": "ResNetForImageClassification", "embedding": "logits",
                   "crop_size": int(config.model.image.size)},
-        "text": {"dir": "text", "class": text_class, "pool": pool, "pad_id": int(t.get("pad_id", 0)),
+        "text": {"dir": "text", "class": text_class, "pool": pool, "pad_id": int(t.pad_id),
                  "max_len": int(t.max_len), "padding": "max_length"},
         "logit_scale": log_logit_scale(model), "logit_bias": 0.0 if bias is None else float(bias),
         "embed_dim": int(config.model.embed_dim),

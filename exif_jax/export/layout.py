@@ -88,7 +88,7 @@ def flat_variables(module: Any, prefix: str) -> dict[tuple, np.ndarray]:
 
 
 def log_logit_scale(model: Any) -> float:
-    """log of the scale the model multiplies cosines by (exp(t) clipped at temperature_max, or the fixed one)."""
+    """log of the scale the model multiplies cosines by (exp(t) clipped at logit_scale_max, or the fixed one)."""
     return float(math.log(float(model.logit_scale())))
 
 

@@ -4,7 +4,7 @@ The released file is the official train.py's checkpoint: {"epoch", "model": stat
 "lr_sched"}. Its state dict is model_wrapper.EXIFNet's:
   model.visual.*        torchvision ResNet-50, fc = Linear(2048, 768)     -> image/... (models/resnet.py)
   model.transformer.*   transformers DistilBertModel (distilbert-base)   -> text/...  (models/distilbert.py)
-  model.logit_scale     CLIP's; the trainer's fixed scale is its exp()   -> model.temperature_init
+  model.logit_scale     CLIP's; the trainer's fixed scale is its exp()   -> model.logit_scale_init
   model.positional_embedding, model.token_embedding.weight, model.ln_final.*, model.text_projection:
                         the unused rest of the OpenAI CLIP shell EXIFNet wraps; skipped
   sink_temp             an unused parameter of EXIFNet; skipped
@@ -102,7 +102,7 @@ def map_state(sd: Mapping[str, np.ndarray], abstract: Any, *, source: str = "che
     wanted = {tuple(p): v for p, v in nnx.to_flat_state(abstract)}
     out, missing, bad_shape, bad_dtype, non_finite, used = {}, [], [], [], [], set()
     for path, var in wanted.items():
-        if path == ("t",):  # a learned temperature starts at CLIP's
+        if path == ("t",):  # a learned logit scale starts at CLIP's
             key, arr = LOGIT_SCALE_KEY, sd.get(LOGIT_SCALE_KEY)
             arr = None if arr is None else np.reshape(arr, (1,))
         else:
@@ -181,8 +181,8 @@ def import_official(weights: str | os.PathLike, vocab: str | os.PathLike, out: s
     if scale is not None:
         if scale.size != 1 or not np.isfinite(scale).all():
             raise OfficialCheckpointError(f"{weights}: {LOGIT_SCALE_KEY} must be one finite number, got {scale!r}")
-        config.model.temperature_init = float(math.exp(float(scale.reshape(()))))
-        config.model.temperature_max = max(float(config.model.temperature_max), config.model.temperature_init)
+        config.model.logit_scale_init = float(math.exp(float(scale.reshape(()))))
+        config.model.logit_scale_max = max(float(config.model.logit_scale_max), config.model.logit_scale_init)
 
     model = nnx.eval_shape(lambda: towers.create_model(config, tok.vocab_size, nnx.Rngs(0)))
     graphdef, abstract = nnx.split(model)
@@ -206,7 +206,7 @@ def import_official(weights: str | os.PathLike, vocab: str | os.PathLike, out: s
         n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model)))
         (tmp / "import.json").write_text(json.dumps(dict(
             source=os.path.abspath(weights), sha256=_sha256(weights), epoch=meta["epoch"],
-            vocab=os.path.abspath(vocab), vocab_size=tok.vocab_size, logit_scale=config.model.temperature_init,
+            vocab=os.path.abspath(vocab), vocab_size=tok.vocab_size, logit_scale=config.model.logit_scale_init,
             tensors=len(arrays), values=n, config=os.path.abspath(config_path)), indent=2) + "\n")
         os.rename(tmp, out)
     except BaseException:

@@ -80,9 +80,9 @@ def timm_spec(config: ml_collections.ConfigDict) -> dict[str, Any]:
         return _resnet_spec(config)
     if img.kind != "vit":
         raise NotExportable(f"--format timm exports a ViT or ResNet image tower; model.image.kind={img.kind!r}")
-    pool = img.get("pool", "avg")
+    pool = img.pool
     s = towers.vit_sizes(img)
-    head = img.get("head", "linear")
+    head = img.head
     kwargs: dict[str, Any] = dict(
         img_size=int(img.size), patch_size=int(s["patch"]), embed_dim=int(s["width"]), depth=int(s["depth"]),
         num_heads=int(s["heads"]), mlp_ratio=mlp_ratio_for(int(s["width"]), int(s["mlp_dim"])), qkv_bias=True,
@@ -101,8 +101,8 @@ def timm_spec(config: ml_collections.ConfigDict) -> dict[str, Any]:
         size_name, res = _TIMM_SIGLIP[(variant, kwargs["patch_size"])]
         name = f"vit_{size_name}_patch{kwargs['patch_size']}_siglip{'_gap' if pool == 'avg' else ''}_{res}"
     return {"model_name": name, "kwargs": kwargs,
-            "mean": [float(v) for v in img.get("mean", (0.5,) * 3)],
-            "std": [float(v) for v in img.get("std", (0.5,) * 3)]}
+            "mean": [float(v) for v in img.mean],
+            "std": [float(v) for v in img.std]}
 
 
 def _resnet_spec(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -114,12 +114,12 @@ def _resnet_spec(config: ml_collections.ConfigDict) -> dict[str, Any]:
     if width != 64:  # timm's plain stem is 64 channels whatever `channels` says
         raise NotExportable(f"model.image.width={width}: timm's ResNet has a 64-channel stem, so only width 64 "
                          "exports to timm")
-    head = img.get("head", "linear") == "linear"
+    head = img.head == "linear"
     kwargs = dict(layers=list(resnet.stages_for(variant)), num_classes=int(config.model.embed_dim) if head else 0)
     return {"model_name": f"resnet{variant}" if variant != "tiny" else None, "kwargs": kwargs,
             "block": "Bottleneck",
-            "mean": [float(v) for v in img.get("mean", (0.5,) * 3)],
-            "std": [float(v) for v in img.get("std", (0.5,) * 3)]}
+            "mean": [float(v) for v in img.mean],
+            "std": [float(v) for v in img.std]}
 
 
 def usage(spec: dict[str, Any], npz_path: str) -> str:

@@ -23,7 +23,7 @@ def _dtype(name: str):
 
 
 def _head_classes(cfg: ml_collections.ConfigDict, width: int, embed_dim: int, tower: str) -> int | None:
-    kind = cfg.get("head", "linear")
+    kind = cfg.head
     if kind == "linear":
         return embed_dim
     if kind == "none":
@@ -34,52 +34,46 @@ def _head_classes(cfg: ml_collections.ConfigDict, width: int, embed_dim: int, to
 
 
 def vit_sizes(img: ml_collections.ConfigDict) -> dict[str, int]:
-    """width/depth/heads/mlp_dim/patch of the image ViT: the named variant over the explicit fields."""
-    sizes = dict(width=img.get("width"), depth=img.get("depth"), heads=img.get("heads"),
-                 mlp_dim=img.get("mlp_dim"), patch=img.get("patch"))
-    sizes.update(vit.decode_variant(img.get("variant", "")))
-    return sizes
+    """width/depth/heads/mlp_dim/patch of the image ViT (load_config resolved the variant into them)."""
+    return {k: int(img[k]) for k in ("width", "depth", "heads", "mlp_dim", "patch")}
 
 
 def resnet_sizes(img: ml_collections.ConfigDict) -> tuple[str, int]:
-    """(variant, base width): torchvision's "50"/"101"/"152" at width 64, or "tiny" at model.image.width."""
-    variant = str(img.get("variant", "") or "50")
-    return variant, (int(img.width) if variant == "tiny" else 64)
+    """(variant, base width): torchvision's "50"/"101"/"152" (base width 64) or "tiny" (one block a stage)."""
+    return str(img.variant), int(img.width)
 
 
 def _image_tower(m: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
     img = m.image
-    common = dict(mean=tuple(img.get("mean", (0.5,) * 3)), std=tuple(img.get("std", (0.5,) * 3)),
-                  head_bias=img.get("head_bias", True), dtype=_dtype(m.dtype),
+    common = dict(mean=tuple(img.mean), std=tuple(img.std), head_bias=img.head_bias, dtype=_dtype(m.dtype),
                   param_dtype=_dtype(m.param_dtype), rngs=rngs)
     if img.kind == "vit":
         s = vit_sizes(img)
-        return vit.VisionTransformer(image_size=int(img.size), pool=img.get("pool", "avg"),
+        return vit.VisionTransformer(image_size=int(img.size), pool=img.pool,
                                      num_classes=_head_classes(img, s["width"], m.embed_dim, "image"),
-                                     remat=img.get("remat", False), **s, **common)
+                                     remat=img.remat, **s, **common)
     if img.kind == "resnet":
         variant, width = resnet_sizes(img)
-        return resnet.ResNet(variant=variant, width=width, bn_frozen=img.get("bn_frozen", False),
+        return resnet.ResNet(variant=variant, width=width, bn_frozen=img.bn_frozen,
                              num_classes=_head_classes(img, width * 32, m.embed_dim, "image"), **common)
     raise ValueError(f"model.image.kind must be 'vit' or 'resnet', got {img.kind!r}")
 
 
 def _text_tower(m: ml_collections.ConfigDict, vocab_size: int, rngs: nnx.Rngs) -> nnx.Module:
     t = m.text
-    if t.get("kind", "transformer") == "distilbert":  # the paper's tower (models/distilbert.py)
+    if t.kind == "distilbert":  # the paper's tower (models/distilbert.py)
         return distilbert.DistilBert(
             vocab_size=vocab_size, max_len=int(t.max_len), width=t.width, depth=t.depth, heads=t.heads,
-            mlp_dim=t.mlp_dim, pad_id=t.get("pad_id", 0), num_classes=_head_classes(t, t.width, m.embed_dim, "text"),
-            head_bias=t.get("head_bias", True), dtype=_dtype(m.dtype), param_dtype=_dtype(m.param_dtype),
-            remat=t.get("remat", False), rngs=rngs)
-    if t.get("kind", "transformer") != "transformer":
+            mlp_dim=t.mlp_dim, pad_id=t.pad_id, num_classes=_head_classes(t, t.width, m.embed_dim, "text"),
+            head_bias=t.head_bias, dtype=_dtype(m.dtype), param_dtype=_dtype(m.param_dtype), remat=t.remat,
+            rngs=rngs)
+    if t.kind != "transformer":
         raise ValueError(f"model.text.kind must be 'transformer' or 'distilbert', got {t.kind!r}")
     return text.TextTransformer(
         vocab_size=vocab_size, max_len=int(t.max_len), width=t.width, depth=t.depth, heads=t.heads,
-        mlp_dim=t.mlp_dim, pool=t.get("pool", "mean"), pad_id=t.get("pad_id", 0), eos_id=t.get("eos_id", 1),
-        mask_pad=t.get("mask_pad", True), causal=t.get("causal", False),
-        num_classes=_head_classes(t, t.width, m.embed_dim, "text"), head_bias=t.get("head_bias", True),
-        dtype=_dtype(m.dtype), param_dtype=_dtype(m.param_dtype), remat=t.get("remat", False), rngs=rngs)
+        mlp_dim=t.mlp_dim, pool=t.pool, pad_id=t.pad_id, eos_id=t.eos_id, mask_pad=t.mask_pad, causal=t.causal,
+        num_classes=_head_classes(t, t.width, m.embed_dim, "text"), head_bias=t.head_bias,
+        dtype=_dtype(m.dtype), param_dtype=_dtype(m.param_dtype), remat=t.remat, rngs=rngs)
 
 
 def l2_normalize(x: jax.Array) -> jax.Array:
@@ -97,15 +91,14 @@ class DualTower(nnx.Module):
         self.embed_dim = int(m.embed_dim)
         self.image = _image_tower(m, rngs)
         self.text = _text_tower(m, vocab_size, rngs)
-        if m.temperature_init <= 0 or m.temperature_max <= 0:
-            raise ValueError("model.temperature_init and model.temperature_max must be positive")
-        self.temperature_max = float(m.temperature_max)
-        log_init = math.log(m.temperature_init)
+        if m.logit_scale_init <= 0 or m.logit_scale_max <= 0:
+            raise ValueError("model.logit_scale_init and model.logit_scale_max must be positive")
+        self.logit_scale_max = float(m.logit_scale_max)
+        log_init = math.log(m.logit_scale_init)
         # A fixed scale is a constant of the graph, not state: the optimizer never sees it.
-        self.t = nnx.Param(jnp.full((1,), log_init, jnp.float32)) if m.learn_temperature else None
+        self.t = nnx.Param(jnp.full((1,), log_init, jnp.float32)) if m.learn_logit_scale else None
         self.fixed_log_scale = log_init
-        self.b = nnx.Param(jnp.full((1,), float(m.get("logit_bias_init", -10.0)), jnp.float32)) \
-            if logit_bias else None
+        self.b = nnx.Param(jnp.full((1,), float(m.logit_bias_init), jnp.float32)) if logit_bias else None
 
     def embed_image(self, images: jax.Array) -> jax.Array:
         """uint8 crops [B, S, S, 3] -> [B, embed_dim] f32, unit norm."""
@@ -116,9 +109,9 @@ class DualTower(nnx.Module):
         return l2_normalize(self.text(tokens))
 
     def logit_scale(self) -> jax.Array:
-        """exp(t) clipped at temperature_max (a constant when the temperature is not learned)."""
+        """exp(t) clipped at logit_scale_max (a constant when the scale is not learned)."""
         t = self.t[0] if self.t is not None else jnp.float32(self.fixed_log_scale)
-        return jnp.minimum(jnp.exp(t), self.temperature_max)
+        return jnp.minimum(jnp.exp(t), self.logit_scale_max)
 
     def logit_bias(self) -> jax.Array | None:
         """The sigmoid loss's learned bias (None when the model has none)."""
@@ -131,11 +124,11 @@ class DualTower(nnx.Module):
 
 def create_model(config: ml_collections.ConfigDict, vocab_size: int, rngs: nnx.Rngs) -> DualTower:
     """DualTower from the full config (model.*, plus loss.kind: 'sigmoid' adds the logit bias)."""
-    cfg_vocab = int(config.model.text.get("vocab_size", 0) or 0)
+    cfg_vocab = int(config.model.text.vocab_size)
     if cfg_vocab and cfg_vocab < vocab_size:
         raise ValueError(f"model.text.vocab_size={cfg_vocab} is smaller than the tokenizer's {vocab_size}")
     return DualTower(config.model, cfg_vocab or vocab_size, rngs=rngs,
-                     logit_bias=config.loss.get("kind", "infonce") == "sigmoid")
+                     logit_bias=config.loss.kind == "sigmoid")
 
 
 def flops_per_example(config: ml_collections.ConfigDict) -> float:
@@ -145,7 +138,7 @@ def flops_per_example(config: ml_collections.ConfigDict) -> float:
     if img.kind == "vit":
         s = vit_sizes(img)
         fwd = vit.vit_forward_flops(int(img.size), s["patch"], s["width"], s["depth"], s["mlp_dim"],
-                                    img.get("pool", "avg"), _head_classes(img, s["width"], m.embed_dim, "image"))
+                                    img.pool, _head_classes(img, s["width"], m.embed_dim, "image"))
     else:
         variant, width = resnet_sizes(img)
         fwd = resnet.resnet_forward_flops(int(img.size), variant, width,
