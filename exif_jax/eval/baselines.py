@@ -19,6 +19,9 @@ from exif_jax.eval.patches import PatchEmbedder
 _KV = np.array([[-1, 2, -2, 2, -1], [2, -6, 8, -6, 2], [-2, 8, -12, 8, -2], [2, -6, 8, -6, 2],
                 [-1, 2, -2, 2, -1]], np.float32) / 12.0
 
+# Baseline embedders by name -> the method name tables and reports use for them.
+BASELINE_METHOD = {"noise": "classical", "random": "random"}
+
 
 def residual_filters() -> np.ndarray:
     """[5, 5, 1, 6] HWIO high-pass filters: 1st order across/down, 2nd order across/down, SRM square, KV."""

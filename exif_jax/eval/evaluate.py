@@ -27,11 +27,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from exif_jax.eval import metrics as M
+from exif_jax.eval.baselines import BASELINE_METHOD
 from exif_jax.eval.localize import REPORT_COLUMNS as SCORE_COLUMNS
 from exif_jax.eval.patches import NUM_PER_DIM, PAPER_COLOR_BUG_HELP, PatchEmbedder
 
 SCORES = ("score_mean", "score_ms", "score_ncut")
-BASELINE_METHOD = {"noise": "classical", "random": "random"}
 CSV_FIELDS = ("method", "name", "label", "path", "height", "width", *SCORES, *M.LOCALIZATION_KEYS)
 # Per method in report.html: (record key, header, tooltip).
 REPORT_COLUMNS = (("ap", "p-mAP", "this image's pixel AP (max over map and inverse); undefined for authentic images, "

@@ -183,7 +183,7 @@ def localize_files(paths: Sequence[str], embedder: PatchEmbedder, out_dir: str, 
     from tqdm import tqdm
 
     from exif_jax.eval import report as html_report
-    from exif_jax.eval.evaluate import BASELINE_METHOD
+    from exif_jax.eval.baselines import BASELINE_METHOD
 
     os.makedirs(out_dir, exist_ok=True)
     report = len(paths) > 1 if report is None else report
