@@ -93,13 +93,14 @@ def test_the_built_tower_is_the_one_config_json_records():
 
     from exif_jax.models import towers
 
-    for overrides, want in ((["model.image.variant=B/32"], (32, 768, 12)),
-                            (["model.image.variant=", "model.image.width=384", "model.image.depth=3",
-                              "model.image.heads=6", "model.image.mlp_dim=1536", "model.image.patch=32"], (32, 384, 3))):
+    resolved_then_edited = dict(width=384, depth=3, heads=6, mlp_dim=1536, patch=32)  # variant still 'B/16'
+    for overrides, edit, want in ((["model.image.variant=B/32"], {}, (32, 768, 12)),
+                                  ([], resolved_then_edited, (32, 384, 3))):
         c = cfg.load_config(str(REPO / "configs" / "vit_b16.py"), overrides)
+        c.model.image.update(edit)  # the towers read the fields, never the variant
         model = nnx.eval_shape(lambda: towers.create_model(c, 1000, nnx.Rngs(0)))
         params = nnx.state(model, nnx.Param).flat_state()
         kernel = next(v for k, v in params if "embedding" in "/".join(map(str, k)) and k[-1] == "kernel")
-        blocks = {k[2] for k, _ in params if k[0] == "image" and str(k[2]).startswith("encoderblock")}
+        blocks = {k[2] for k, _ in params if k[0] == "image" and len(k) > 2 and str(k[2]).startswith("encoderblock")}
         assert (kernel.shape[0], kernel.shape[-1], len(blocks)) == want, (overrides, kernel.shape, sorted(blocks))
         assert (c.model.image.patch, c.model.image.width, c.model.image.depth) == want
