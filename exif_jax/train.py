@@ -246,8 +246,8 @@ def main(config_path: str, workdir: str, overrides: Sequence[str] = (), *, distr
     vocab_size = int(config.model.text.get("vocab_size", 0)) or tokenizer.vocab_size
     trainer = make_trainer(config, mesh, vocab_size)
     abstract_state, state_sh, train_step = trainer.abstract_state, trainer.state_shardings, trainer.train_step
-    n_params = sum(x.size for x in jax.tree.leaves(abstract_state["params"]))
-    log(f"{n_params / 1e6:.2f}M parameters")
+    # Once, on process 0: what each tower holds and how the rules laid it out on this mesh.
+    log(sharding.overview(abstract_state["params"], state_sh["params"], abstract_state["opt"], state_sh["opt"]))
 
     # 7. Checkpoints: resume from the newest complete one, else initialize. ------------------------------
     mngr = checkpoint.make_manager(os.path.join(workdir, "ckpt"), int(c_train.keep))
