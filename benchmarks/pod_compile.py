@@ -299,6 +299,12 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _key(row: dict[str, Any]) -> tuple[str, int, str]:
+    mesh = row.get("mesh")
+    return row["config"], row["devices"], ("×".join(str(mesh[k]) for k in ("data", "fsdp", "tensor"))
+                                           if mesh else row["mesh_txt"])
+
+
 def worker(devices: int, configs: list[str], out_jsonl: str, fast: bool, overrides: list[str]) -> None:
     """Compile every mesh for `devices` fake devices (this process's jax sees exactly that many)."""
     import jax
@@ -327,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(REPO / "docs" / "measurements" / "pod_compile"),
                    help="writes OUT.json and OUT.md")
     p.add_argument("--full-opt", action="store_true", help="compile at XLA's default -O level (slower)")
+    p.add_argument("--merge", action="store_true",
+                   help="keep OUT.json's rows for the (config, devices, mesh) not compiled in this run")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--jsonl", help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", help="config overrides a.b=v applied to every compile")
@@ -353,6 +361,10 @@ def main(argv: list[str] | None = None) -> int:
         if rc:
             print(f"worker for {n} devices exited with {rc}", file=sys.stderr)
     rows = [json.loads(ln) for ln in jsonl.read_text().splitlines()] if jsonl.exists() else []
+    if a.merge and out.with_suffix(".json").exists():
+        done = {_key(r) for r in rows}
+        kept = [r for r in json.loads(out.with_suffix(".json").read_text())["rows"] if _key(r) not in done]
+        rows = sorted(kept + rows, key=lambda r: (r["config"], r["devices"]))
     out.with_suffix(".json").write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "rows": rows}, indent=1))
     table = markdown(rows)
     out.with_suffix(".md").write_text(table + "\n")

@@ -134,7 +134,10 @@ def make_train_step(graphdef: Any, loss_fn: Any, tx: optax.GradientTransformatio
     poison = tuple(int(s) for s in config.get("debug", {}).get("poison_steps", ()))
 
     def loss_of(params, rest, batch, mult):
-        model = nnx.merge(graphdef, params, rest)
+        # copy=True: fresh Variables in this trace. Without it the BatchStats in `rest` (not differentiated,
+        # so value_and_grad passes them through as they are) keep the outer trace, and BatchNorm's update of
+        # its running statistics raises TraceContextError: a ResNet tower could not train.
+        model = nnx.merge(graphdef, params, rest, copy=True)
         img, txt, scale, bias = model(batch["image"], batch["tokens"])
         loss, aux = loss_fn(img, txt, scale, bias, batch["image_id"], batch["text_id"])
         return loss * mult, (aux, nnx.split(model, nnx.Param, ...)[2], scale)
