@@ -121,7 +121,7 @@ def _stack_files(text: str) -> dict[int, set[str]]:
     return out
 
 
-def hlo_collectives(text: str, loss_file: str = "exif_jax/losses.py") -> dict[str, Any]:
+def hlo_collectives(text: str, loss_file: str = "exif_jax/losses.py", top_n: int = 8) -> dict[str, Any]:
     """Collectives of a compiled HLO module: per kind ops, executions and bytes per step, for all and for the loss.
 
     An op's bytes are its larger buffer per device (all-gather: the gathered result; reduce-scatter: the
@@ -187,6 +187,7 @@ def hlo_collectives(text: str, loss_file: str = "exif_jax/losses.py") -> dict[st
     empty = lambda: {"ops": 0, "executions": 0, "bytes": 0.0}  # noqa: E731
     total = {k: empty() for k in COLLECTIVES}
     loss = {k: empty() for k in COLLECTIVES}
+    largest: list[tuple[float, str, str, int, str]] = []
     for comp, mult in executions.items():
         for ins in comps[comp]:
             kind = ins["opcode"].removesuffix("-start")
@@ -200,11 +201,16 @@ def hlo_collectives(text: str, loss_file: str = "exif_jax/losses.py") -> dict[st
             frame = re.search(r"stack_frame_id=(\d+)", ins["attrs"])
             in_loss = (any(f.endswith(loss_file) for f in frames.get(int(frame.group(1)), ())) if frame
                        else "/shard_map/" in ins["attrs"])
+            name = re.search(r'op_name="([^"]*)"', ins["attrs"])
+            largest.append((nbytes * mult, kind, ins["shape"].split("{")[0], mult, name.group(1) if name else ""))
             for table in (total, loss) if in_loss else (total,):
                 table[kind]["ops"] += 1
                 table[kind]["executions"] += mult
                 table[kind]["bytes"] += nbytes * mult
-    return {"total": total, "loss": loss, "while_loops_without_trip_count": unknown_trips}
+    # The heaviest ops (bytes per step), to see which computation moves the bytes.
+    top = [{"bytes": b, "kind": k, "shape": sh, "executions": m, "op_name": n}
+           for b, k, sh, m, n in sorted(largest, key=lambda t: -t[0])[:top_n]]
+    return {"total": total, "loss": loss, "while_loops_without_trip_count": unknown_trips, "largest": top}
 
 
 # ------------------------------------------------------------------------------------------ one compile
@@ -269,7 +275,7 @@ def compile_case(config_path: str | Path, mesh_shape: tuple[int, int, int], over
             "alias_bytes": int(mem.alias_size_in_bytes), "temp_bytes": int(mem.temp_size_in_bytes),
         },
         "collectives": colls["total"], "loss_collectives": colls["loss"],
-        "while_loops_without_trip_count": colls["while_loops_without_trip_count"],
+        "while_loops_without_trip_count": colls["while_loops_without_trip_count"], "largest": colls["largest"],
         "compile_s": round(seconds, 1), "fast_compile": fast, "jax": jax.__version__,
     }
 

@@ -32,9 +32,14 @@ def test_fsdp_shards_the_largest_divisible_dim():
     assert spec(f"{MLP0}/kernel", (768, 3072), FSDP8) == P(None, "fsdp")
     assert spec(f"{MLP1}/kernel", (3072, 768), FSDP8) == P("fsdp")
     # 1001 is not divisible by 8: the other dim takes the axis.
-    assert spec("text/Embed_0/embedding", (1001, 512), FSDP8) == P(None, "fsdp")
+    assert spec("image/head/kernel", (1001, 512), FSDP8) == P(None, "fsdp")
     # Nothing divisible: replicated rather than an error.
-    assert spec("text/Embed_0/embedding", (1001, 513), FSDP8) == P()
+    assert spec("image/head/kernel", (1001, 513), FSDP8) == P()
+    # Embed tables split their rows or nothing (a feature-split table makes XLA all-reduce activations).
+    assert spec("text/Embed_0/embedding", (1000, 512), FSDP8) == P("fsdp")
+    assert spec("text/Embed_0/embedding", (1001, 512), FSDP8) == P()
+    assert spec("text/embeddings/word_embeddings/embedding", (30522, 768), FSDP8) == P()
+    assert spec("text/Embed_0/embedding", (1000, 8), FSDP8, min_size=2**14) == P()
     # Vectors and small arrays stay replicated.
     assert spec(f"{MLP0}/bias", (3072,), FSDP8) == P()
     assert spec("image/Transformer/encoder_norm/scale", (768,), FSDP8) == P()
@@ -188,7 +193,12 @@ def test_specs_only_split_divisible_dims_and_fsdp_covers_every_matrix(abstract_t
             # Every weight matrix (two or more dims > 1; biases such as q/k/v's [heads, head_dim] aside) of
             # every tower, projections included, is FSDP-sharded when one of its dims divides the axis.
             big = [d for d in shape if d > 1]
-            if (path.startswith("params/") and not path.endswith("/bias") and len(big) >= 2
+            if path.endswith("/embedding"):
+                # Embed tables: rows or nothing (a feature-split lookup output makes XLA all-reduce
+                # activations; tests/test_pod_compile.py measures it).
+                want = P("fsdp") if shape[0] % sizes["fsdp"] == 0 else P()
+                assert spec == want, f"{kind}: {path} {shape} {spec}, expected {want}"
+            elif (path.startswith("params/") and not path.endswith("/bias") and len(big) >= 2
                     and any(d % sizes["fsdp"] == 0 for d in big)):
                 assert "fsdp" in axes, f"{kind}: {path} {shape} is not FSDP-sharded: {spec}"
 
