@@ -10,7 +10,7 @@ and bytes per step, ops inside while loops counted times the loop's trip count; 
 
 Run (one subprocess per device count; XLA_FLAGS=--xla_force_host_platform_device_count=N is set here):
   .venv/bin/python benchmarks/pod_compile.py                          # 64 and 256 devices, both configs
-  .venv/bin/python benchmarks/pod_compile.py --devices 64 --configs vit_b16 --out /tmp/pod
+  .venv/bin/python benchmarks/pod_compile.py --devices 64 --configs vit_b16 --out /tmp/pod --set loss.impl=ring
 Writes OUT.json and OUT.md (default docs/measurements/pod_compile) and prints the table.
 
 Caveats, so the figures are read right: this is XLA's CPU pipeline. Buffer assignment, fusion and the
@@ -44,7 +44,12 @@ DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16"
 
 def meshes_for(devices: int) -> list[tuple[int, int, int]]:
     """(data, fsdp, tensor) meshes compiled for a device count: data parallel, fsdp 8 and all-fsdp, tensor 2 and 4."""
-    return [(devices, 1, 1), (devices // 8, 8, 1), (1, devices, 1), (devices // 16, 8, 2), (devices // 32, 8, 4)]
+    wanted = [(devices, 1, 1), (devices // 8, 8, 1), (1, devices, 1), (devices // 16, 8, 2), (devices // 32, 8, 4)]
+    out = []
+    for d, f, t in wanted:  # small device counts: drop meshes that do not fit, and repeats
+        if d >= 1 and d * f * t == devices and (d, f, t) not in out:
+            out.append((d, f, t))
+    return out
 
 
 # ------------------------------------------------------------------------------------------- HLO text
@@ -61,6 +66,14 @@ def _shape_bytes(shape: str) -> float:
             continue
         total += size * math.prod(int(d) for d in dims.split(",") if d)
     return total
+
+
+def _shape_summary(shape: str) -> str:
+    """'f32[8,64]' for an array; '(f32[8,64], +N more)' for a tuple (combined collectives)."""
+    arrays = re.findall(r"\b[a-z]+\d*\[[\d,]*\]", shape)
+    if not shape.startswith("("):
+        return arrays[0] if arrays else shape
+    return f"({arrays[0]}, +{len(arrays) - 1} more)" if len(arrays) > 1 else f"({', '.join(arrays)})"
 
 
 def _matching(text: str, start: int) -> int:
@@ -202,7 +215,8 @@ def hlo_collectives(text: str, loss_file: str = "exif_jax/losses.py", top_n: int
             in_loss = (any(f.endswith(loss_file) for f in frames.get(int(frame.group(1)), ())) if frame
                        else "/shard_map/" in ins["attrs"])
             name = re.search(r'op_name="([^"]*)"', ins["attrs"])
-            largest.append((nbytes * mult, kind, ins["shape"].split("{")[0], mult, name.group(1) if name else ""))
+            largest.append((nbytes * mult, kind, _shape_summary(ins["shape"]), mult,
+                            name.group(1)[:120] if name else ""))
             for table in (total, loss) if in_loss else (total,):
                 table[kind]["ops"] += 1
                 table[kind]["executions"] += mult
@@ -343,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="keep OUT.json's rows for the (config, devices, mesh) not compiled in this run")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--jsonl", help=argparse.SUPPRESS)
-    p.add_argument("overrides", nargs="*", help="config overrides a.b=v applied to every compile")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config override applied to every compile, e.g. --set loss.impl=ring (repeatable)")
     a = p.parse_args(argv)
     if a.worker:
         # Before jax loads (nothing above imports it): the fake device count is read once, at start-up.
@@ -362,15 +377,16 @@ def main(argv: list[str] | None = None) -> int:
         env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
                    XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}".strip())
         cmd = [sys.executable, __file__, "--worker", "--devices", str(n), "--jsonl", str(jsonl),
-               "--configs", *a.configs] + (["--full-opt"] if a.full_opt else []) + a.overrides
+               "--configs", *a.configs] + (["--full-opt"] if a.full_opt else []) + [f"--set={o}" for o in a.overrides]
         rc = subprocess.call(cmd, env=env, cwd=REPO)
         if rc:
             print(f"worker for {n} devices exited with {rc}", file=sys.stderr)
     rows = [json.loads(ln) for ln in jsonl.read_text().splitlines()] if jsonl.exists() else []
     if a.merge and out.with_suffix(".json").exists():
         done = {_key(r) for r in rows}
-        kept = [r for r in json.loads(out.with_suffix(".json").read_text())["rows"] if _key(r) not in done]
-        rows = sorted(kept + rows, key=lambda r: (r["config"], r["devices"]))
+        rows += [r for r in json.loads(out.with_suffix(".json").read_text())["rows"] if _key(r) not in done]
+    order = list(CONFIGS)
+    rows.sort(key=lambda r: (order.index(r["config"]) if r["config"] in order else len(order), r["devices"]))
     out.with_suffix(".json").write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "rows": rows}, indent=1))
     table = markdown(rows)
     out.with_suffix(".md").write_text(table + "\n")

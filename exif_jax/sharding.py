@@ -60,7 +60,7 @@ FSDP_RULES: list[Rule] = [
     # Embed tables (looked up by id: text Embed_0, DistilBERT's word/position tables) split their rows only.
     # A table split on its feature dim makes the lookup's output feature-sharded, and XLA carries that
     # layout into the next matmul, all-reducing whole global activations instead of gathering weights
-    # (compiled on 8 fake devices, fsdp=8, vocab 1001: 42x the collective bytes of vocab 1000). A table
+    # (8 fake devices, fsdp=8, batch 256: vocab 1001 moved ~40x the collective bytes of vocab 1000). A table
     # whose row count the axis does not divide stays replicated (DistilBERT's 30522 rows: 94 MB in f32).
     (r"(Embed_\d+|word_embeddings|position_embeddings)/embedding$", P("fsdp", None)),
     # Every other matrix: Linear / LinearGeneral / Conv kernels (all towers and their projections) and the
@@ -217,8 +217,9 @@ def overview(params: Any, shardings: Any, opt_state: Any = None, opt_shardings: 
         lines.append(f"{name:<8} {g['arrays']:>6} {g['n'] / 1e6:>9.2f}M {g['bytes'] / mib:>9.1f} "
                      f"{g['dev'] / mib:>9.1f}  {', '.join(shown)}")
     n_total = sum(g["n"] for g in groups.values())
-    total = (f"{'total':<8} {sum(g['arrays'] for g in groups.values()):>6} {n_total / 1e6:>9.2f}M "
-             f"{sum(g['bytes'] for g in groups.values()) / mib:>9.1f} {sum(g['dev'] for g in groups.values()) / mib:>9.1f}"
+    arrays, nbytes = sum(g["arrays"] for g in groups.values()), sum(g["bytes"] for g in groups.values())
+    dev = sum(g["dev"] for g in groups.values())
+    total = (f"{'total':<8} {arrays:>6} {n_total / 1e6:>9.2f}M {nbytes / mib:>9.1f} {dev / mib:>9.1f}"
              f"  {n_total / 1e6:.2f}M parameters")
     if opt_state is not None and opt_shardings is not None:
         leaves = list(zip(jax.tree.leaves(opt_state), jax.tree.leaves(opt_shardings)))

@@ -63,7 +63,7 @@ def test_loss_collectives_are_what_the_variant_promises(compiled):
 def test_fsdp_moves_weights_not_activations(compiled):
     # FSDP gathers each weight (about the parameter bytes) and reduces each gradient. An Embed table split on
     # its feature dim (the rules' old choice for a vocabulary the axis does not divide) made XLA all-reduce
-    # global activations instead: 1.6x here, 5x at batch 64, 42x at batch 256 (vocab 1001).
+    # global activations instead: 1.6x here, 5x at batch 64, ~40x at batch 256 (vocab 1001).
     row = compiled["fsdp_ring"]
     weights = 4 * row["params"]
     for kind in ("all-gather", "all-reduce"):
