@@ -32,12 +32,16 @@ def _load(path: str | Path) -> dict | None:
 
 
 def read_metrics(path: str | Path) -> list[dict]:
-    """Rows of a trainer metrics.jsonl, one per step (a resumed run's repeated steps: the last row wins)."""
+    """Rows of a trainer metrics.jsonl, one per step (a resumed run's repeated steps: the last row wins).
+    Older files logged "temperature" (1 / logit scale) beside or instead of "logit_scale": rows get
+    "logit_scale" either way."""
     rows: dict[int, dict] = {}
     with open(path, encoding="utf-8") as f:
         for line in f:
             if line.strip():
                 r = json.loads(line)
+                if "logit_scale" not in r and "temperature" in r:
+                    r["logit_scale"] = 1.0 / float(r["temperature"])
                 rows[int(r["step"])] = r
     return [rows[k] for k in sorted(rows)]
 
@@ -52,7 +56,7 @@ def _smooth(y: Sequence[float], k: int = 25) -> list[float]:
 
 
 def plot_curves(rows: Sequence[dict], out_png: str) -> None:
-    """Loss, in-batch top-1 (i2t, t2i), learning rate and temperature against step, as one PNG."""
+    """Loss, in-batch top-1 (i2t, t2i), learning rate and logit scale against step, as one PNG."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -69,8 +73,8 @@ def plot_curves(rows: Sequence[dict], out_png: str) -> None:
     ax[0, 1].legend()
     ax[1, 0].plot(step, [r["lr"] for r in rows], color="C3")
     ax[1, 0].set_title("learning rate")
-    ax[1, 1].plot(step, [r["temperature"] for r in rows], color="C4")
-    ax[1, 1].set_title("temperature (1 / logit scale)")
+    ax[1, 1].plot(step, [r["logit_scale"] for r in rows], color="C4")
+    ax[1, 1].set_title("logit scale (1 / temperature)")
     for a in ax.flat:
         a.set_xlabel("step")
         a.grid(alpha=0.3)
@@ -130,7 +134,7 @@ def _train_summary(rows: Sequence[dict], config: dict, last: int = 50) -> dict:
     return {"steps": rows[-1]["step"], "batch": config["data"]["global_batch_size"],
             "crops_per_image": config["data"]["crops_per_image"], "crop_size": config["data"]["crop_size"],
             "first25": {k: mean(head, k) for k in ("loss", "i2t_top1", "t2i_top1")},
-            f"last{last}": {k: mean(tail, k) for k in ("loss", "i2t_top1", "t2i_top1", "temperature")},
+            f"last{last}": {k: mean(tail, k) for k in ("loss", "i2t_top1", "t2i_top1", "logit_scale")},
             "nan_skips": rows[-1].get("nan_skips", 0)}
 
 
@@ -211,7 +215,7 @@ def write_report(workdir: str, split_path: str, out: str, n_heatmaps: int = 4) -
           f"{_f(summary['first25']['loss'])}, i2t top-1 {_f(summary['first25']['i2t_top1'])}, t2i top-1 "
           f"{_f(summary['first25']['t2i_top1'])}; last 50 steps mean loss {_f(summary['last50']['loss'])}, "
           f"i2t top-1 {_f(summary['last50']['i2t_top1'])}, t2i top-1 {_f(summary['last50']['t2i_top1'])}, "
-          f"temperature {_f(summary['last50']['temperature'], 4)}. Non-finite steps skipped: {summary['nan_skips']}. "
+          f"logit scale {_f(summary['last50']['logit_scale'], 2)}. Non-finite steps skipped: {summary['nan_skips']}. "
           "(`train_summary.json`; every step in `run/metrics.jsonl` of the work dir.)", ""]
     L += ["## Wall time (2 shared CPU cores)", "", "| stage | wall s | note |", "|---|---:|---|"]
     L += [f"| {s['name']} | {s['wall_s']} | {s.get('note', '')} |" for s in timings["stages"]]

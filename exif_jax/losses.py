@@ -11,6 +11,10 @@ denominators. The sigmoid loss counts them as positives: every pair there is its
 question, so several positives per row are well posed, and calling (crop of photo A, text of photo A)
 a non-match, or discarding it, would throw away a correct label. Top-1 accuracy ignores them in both.
 Everything is computed in float32 whatever the input dtype.
+
+Every loss function returns (loss, metrics) with the names the trainer logs (METRICS): "loss", in-batch top-1
+"i2t_top1" / "t2i_top1", and "logit_scale" (what cosine similarities were multiplied by; the temperature
+of the CLIP paper is its inverse, not logged).
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 Metrics = dict[str, jax.Array]
+METRICS = ("loss", "i2t_top1", "t2i_top1", "logit_scale")
 LossFn = Callable[..., tuple[jax.Array, Metrics]]
 
 # The loss is a tiny share of a step's FLOPs; full f32 keeps all impls equal on TPU/GPU too.
@@ -48,8 +53,13 @@ def _ids(ids: jax.Array | None, index: jax.Array) -> jax.Array:
     return index if ids is None else ids.astype(jnp.int32)
 
 
-def _metrics(n_i2t: jax.Array, n_t2i: jax.Array, n: int) -> Metrics:
-    return {"i2t_acc": n_i2t.astype(jnp.float32) / n, "t2i_acc": n_t2i.astype(jnp.float32) / n}
+def _top1(n_i2t: jax.Array, n_t2i: jax.Array, n: int) -> Metrics:
+    return {"i2t_top1": n_i2t.astype(jnp.float32) / n, "t2i_top1": n_t2i.astype(jnp.float32) / n}
+
+
+def _metrics(loss: jax.Array, top1: Metrics, logit_scale: jax.Array) -> Metrics:
+    """The names of METRICS, in one place."""
+    return {"loss": loss, **top1, "logit_scale": jnp.asarray(logit_scale, jnp.float32)}
 
 
 def _inputs(img, txt, logit_scale, logit_bias):
@@ -80,17 +90,19 @@ def _naive(kind: str, img, txt, logit_scale, logit_bias, image_ids, text_ids):
         loss = jnp.sum(jax.nn.softplus(-sign * logits)) / n
     off = lax.stop_gradient(jnp.where(same | related, _NEG, logits))
     diag = lax.stop_gradient(diag)
-    return loss, _metrics(jnp.sum(diag > off.max(1)), jnp.sum(diag > off.max(0)), n)
+    return loss, _top1(jnp.sum(diag > off.max(1)), jnp.sum(diag > off.max(0)), n)
 
 
 def infonce_naive(img, txt, logit_scale, logit_bias=None, image_ids=None, text_ids=None):
     """Symmetric InfoNCE over the global N x N logits (single-device reference); bias is ignored."""
-    return _naive("infonce", img, txt, logit_scale, None, image_ids, text_ids)
+    loss, top1 = _naive("infonce", img, txt, logit_scale, None, image_ids, text_ids)
+    return loss, _metrics(loss, top1, logit_scale)
 
 
 def sigmoid_naive(img, txt, logit_scale, logit_bias=None, image_ids=None, text_ids=None):
     """Sigmoid (SigLIP) loss over the global N x N logits, summed over pairs / N (reference)."""
-    return _naive("sigmoid", img, txt, logit_scale, logit_bias, image_ids, text_ids)
+    loss, top1 = _naive("sigmoid", img, txt, logit_scale, logit_bias, image_ids, text_ids)
+    return loss, _metrics(loss, top1, logit_scale)
 
 
 # ---------------------------------------------------------------------------- shard_map plumbing
@@ -128,7 +140,8 @@ def _on_mesh(local_fn, mesh: Mesh, batch_axes: tuple[str, ...], img, txt, logit_
         return local_fn(x, y, s, b, iid, tid, axes=batch_axes, n_global=n)
 
     fn = jax.shard_map(per_device, mesh=mesh, in_specs=tuple(specs), out_specs=(P(), P()))
-    return fn(*args)
+    loss, top1 = fn(*args)
+    return loss, _metrics(loss, top1, logit_scale)
 
 
 def _size(mesh: Mesh, axes: tuple[str, ...]) -> int:
@@ -186,7 +199,7 @@ def _all_gather_local(kind, x, y, s, b, iid, tid, *, axes, n_global):
     off_i = jnp.where(same, _NEG, lax.stop_gradient(mi)).max(1)
     diag = lax.stop_gradient(diag)
     hits = [lax.psum(jnp.sum(diag > off), axes) for off in (off_i, off_t)]
-    return loss, _metrics(*hits, n_global)
+    return loss, _top1(*hits, n_global)
 
 
 def infonce_all_gather(img, txt, logit_scale, logit_bias=None, image_ids=None, text_ids=None, *,
@@ -319,7 +332,7 @@ def _ring_local(kind, x, y, s, b, iid, tid, *, axes, n_global):
     s, b = _vary((s, b), axes)
     local, hit_i, hit_t = _ring_core(kind, x, y, s, b, g, ids, axes, n_global // n, n_global)
     loss = lax.psum(local, axes)
-    return loss, _metrics(lax.psum(hit_i, axes), lax.psum(hit_t, axes), n_global)
+    return loss, _top1(lax.psum(hit_i, axes), lax.psum(hit_t, axes), n_global)
 
 
 def infonce_ring(img, txt, logit_scale, logit_bias=None, image_ids=None, text_ids=None, *,
@@ -348,7 +361,7 @@ _SHARDED = {
 
 def make_loss_fn(kind: str, impl: str, mesh: Mesh | None,
                  batch_axes: tuple[str, ...] = ("data", "fsdp")) -> LossFn:
-    """fn(img, txt, logit_scale, logit_bias, image_ids, text_ids) -> (loss, {i2t_acc, t2i_acc})."""
+    """fn(img, txt, logit_scale, logit_bias, image_ids, text_ids) -> (loss, metrics named as METRICS)."""
     if kind not in KINDS:
         raise ValueError(f"loss kind {kind!r} is not one of {KINDS}")
     if impl not in IMPLS:

@@ -37,7 +37,7 @@ from exif_jax.config import apply_overrides, load_config  # noqa: F401  (re-expo
 from exif_jax.metrics_writer import log
 
 # Parameters that get weight decay: matrices and embedding tables. Not biases, norm scales, the
-# temperature, position embeddings, cls tokens or MAP probes.
+# logit scale, position embeddings, cls tokens or MAP probes.
 DECAY_RE = r"(^|/)(kernel|embedding)$"
 ENV_PREFIX = "EXIF_JAX_"
 
@@ -139,8 +139,8 @@ def make_train_step(graphdef: Any, loss_fn: Any, tx: optax.GradientTransformatio
         # its running statistics raises TraceContextError: a ResNet tower could not train.
         model = nnx.merge(graphdef, params, rest, copy=True)
         img, txt, scale, bias = model(batch["image"], batch["tokens"])
-        loss, aux = loss_fn(img, txt, scale, bias, batch["image_id"], batch["text_id"])
-        return loss * mult, (aux, nnx.split(model, nnx.Param, ...)[2], scale)
+        loss, metrics = loss_fn(img, txt, scale, bias, batch["image_id"], batch["text_id"])
+        return loss * mult, ({**metrics, "loss": metrics["loss"] * mult}, nnx.split(model, nnx.Param, ...)[2])
 
     grad_fn = jax.value_and_grad(loss_of, has_aux=True)
 
@@ -148,7 +148,7 @@ def make_train_step(graphdef: Any, loss_fn: Any, tx: optax.GradientTransformatio
         step = state["step"] + 1
         mult = jnp.where(jnp.isin(step, jnp.asarray(poison)), jnp.nan, 1.0) if poison else 1.0
         if accum == 1:
-            (loss, (aux, rest, scale)), grads = grad_fn(state["params"], state["rest"], batch, mult)
+            (loss, (metrics, rest)), grads = grad_fn(state["params"], state["rest"], batch, mult)
         else:
             # [B, ...] -> [accum, B/accum, ...] taking every accum-th row: each micro-batch keeps rows on
             # every device, so the split is a local transpose, not a reshuffle.
@@ -157,13 +157,13 @@ def make_train_step(graphdef: Any, loss_fn: Any, tx: optax.GradientTransformatio
 
             def body(carry, mb):
                 g_sum, rest = carry
-                (l, (a, rest, s)), g = grad_fn(state["params"], rest, mb, mult)
-                return (jax.tree.map(jnp.add, g_sum, g), rest), (l, a, s)
+                (l, (m, rest)), g = grad_fn(state["params"], rest, mb, mult)
+                return (jax.tree.map(jnp.add, g_sum, g), rest), (l, m)
 
             zeros = jax.tree.map(jnp.zeros_like, state["params"])
-            (grads, rest), (ls, auxs, ss) = jax.lax.scan(body, (zeros, state["rest"]), micro)
+            (grads, rest), (ls, ms) = jax.lax.scan(body, (zeros, state["rest"]), micro)
             grads = jax.tree.map(lambda g: g / accum, grads)
-            loss, aux, scale = ls.mean(), jax.tree.map(jnp.mean, auxs), ss[-1]
+            loss, metrics = ls.mean(), jax.tree.map(jnp.mean, ms)
         grad_norm = optax.tree.norm(grads)
         ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, opt = tx.update(grads, state["opt"], state["params"])
@@ -176,8 +176,8 @@ def make_train_step(graphdef: Any, loss_fn: Any, tx: optax.GradientTransformatio
         rng = jax.random.key_data(jax.random.split(jax.random.wrap_key_data(state["rng"]))[0])
         new_state = {"params": keep_if_ok(params, state["params"]), "rest": keep_if_ok(rest, state["rest"]),
                      "opt": keep_if_ok(opt, state["opt"]), "step": step, "nan_skips": nan_skips, "rng": rng}
-        metrics = {"loss": loss, **{k.replace("_acc", "_top1"): v for k, v in aux.items()}, "logit_scale": scale, "temperature": 1.0 / scale,
-                   "grad_norm": grad_norm, "lr": schedule(state["step"] - state["nan_skips"]),
+        # The loss's own metrics (losses.METRICS, named there), then the step's.
+        metrics = {**metrics, "grad_norm": grad_norm, "lr": schedule(state["step"] - state["nan_skips"]),
                    "skipped": (~ok).astype(jnp.int32), "nan_skips": nan_skips,
                    # Which examples this step saw (sum of global image ids): equal runs see equal batches.
                    "fingerprint": jnp.sum(batch["image_id"])}

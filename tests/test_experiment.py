@@ -62,3 +62,22 @@ def test_report_says_which_texts_the_tokenizer_saw():
     assert "test cameras included" in tokenizer_line({"tokenizer": {"model": ""}}, timings)
     timings["stages"][1]["cmd"] = "exif-jax train-tokenizer --data W/data_all --out W/tok/sp"  # not the train side
     assert "train cameras only" not in tokenizer_line({"tokenizer": {"model": "W/tok/sp.model"}}, timings)
+
+
+def test_report_reads_old_metrics_files_that_logged_temperature(tmp_path):
+    """metrics.jsonl from before the loss named its metrics: "temperature" (1 / logit scale), some rows
+    without "logit_scale"; the report reads them as logit scales, like new files."""
+    from exif_jax import experiment_report as er
+
+    old = [{"step": s, "loss": 4.0 - s / 100, "i2t_top1": 0.1, "t2i_top1": 0.2, "lr": 1e-3, "temperature": 0.05}
+           for s in range(1, 61)]
+    old[-1]["logit_scale"] = 20.0  # files that logged both
+    new = [{"step": 61, "loss": 3.3, "i2t_top1": 0.1, "t2i_top1": 0.2, "lr": 1e-3, "logit_scale": 20.0}]
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in old + new))
+    rows = er.read_metrics(path)
+    assert [r["logit_scale"] for r in rows] == pytest.approx([20.0] * 61)
+    config = {"data": {"global_batch_size": 64, "crops_per_image": 2, "crop_size": 64}}
+    assert er._train_summary(rows, config)["last50"]["logit_scale"] == pytest.approx(20.0)
+    er.plot_curves(rows, str(tmp_path / "curves.png"))
+    assert (tmp_path / "curves.png").stat().st_size > 0

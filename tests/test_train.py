@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from exif_jax import losses
+
 
 REPO = Path(__file__).parents[1]
 CONFIG = str(REPO / "configs" / "tiny.py")
@@ -105,6 +107,8 @@ def test_end_to_end_from_arrayrecords(ref):
     assert sorted(r) == list(range(1, STEPS + 1))
     assert complete_steps(ref) == [10, 20, 30]
     assert all(math.isfinite(x["loss"]) and x["skipped"] == 0 for x in r.values())
+    # The loss module's metric names, each once (no "temperature": the logit scale is logged as such).
+    assert set(losses.METRICS) <= set(r[1]) and "temperature" not in r[1], sorted(r[1])
     assert json.loads((ref / "config.json").read_text())["train"]["steps"] == STEPS
     out = log_text(ref)
     assert f"step {STEPS}/{STEPS}" in out and "img/s" in out and "ETA" in out
@@ -139,9 +143,10 @@ def test_tensorboard_events_hold_the_scalars(ref):
     for ev in read_events(files[0]):
         for v in ev.summary.value:
             scalars.setdefault(v.tag, {})[ev.step] = v.simple_value
-    for tag in ("train/loss", "train/i2t_top1", "train/t2i_top1", "train/lr", "train/temperature",
+    for tag in ("train/loss", "train/i2t_top1", "train/t2i_top1", "train/lr", "train/logit_scale",
                 "train/grad_norm", "perf/img_per_sec"):
         assert tag in scalars, sorted(scalars)
+    assert "train/temperature" not in scalars  # the logit scale is logged once, by its name
     r = rows(ref)
     assert sorted(scalars["train/loss"]) == list(range(1, STEPS + 1))
     for s in (1, 15, STEPS):
