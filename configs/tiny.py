@@ -23,10 +23,4 @@ def get_config() -> ml_collections.ConfigDict:
     c.optim.update(dict(lr=1e-3, warmup_steps=2))
     c.train.update(dict(steps=10, log_every=1, ckpt_every=5, keep=2, max_nan_skips=3))
 
-    # Test hooks (tests/test_train.py); leave at the defaults for real runs.
-    c.debug = ml_collections.ConfigDict()
-    c.debug.poison_steps = ()       # steps (1-based) whose loss is multiplied by NaN, e.g. "3,5"
-    c.debug.slow_save_step = 0      # the checkpoint save at this step sleeps slow_save_s inside the save
-    c.debug.slow_save_s = 0.0       # (temporary directory written, not yet renamed) so a test can kill it
-    c.debug.step_sleep_s = 0.0      # host sleep after each step, so a test can signal a run mid-loop
     return c

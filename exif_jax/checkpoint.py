@@ -9,64 +9,17 @@ Eval and export read only `model` (see `load_model`).
 """
 from __future__ import annotations
 
-import dataclasses
 import os
-import time
+from collections.abc import Mapping
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
-from etils import epath
 
 from exif_jax.data import pipeline
 
 MODEL_KEYS = ("params", "rest")
 TRAIN_KEYS = ("opt", "step", "nan_skips", "rng")
-
-
-class SlowSaveHandler:
-    """Test hook: an item whose save sleeps in the blocking part of a save (temporary directory written,
-    not yet renamed), so a test can kill the trainer mid-save. Writes `marker` first so the test knows when."""
-
-    def save(self, directory: epath.Path, item: Any = None, args: Any = None) -> None:
-        args = args or item
-        if args.marker:
-            with open(args.marker, "a") as f:
-                f.write(f"{directory}\n")
-        time.sleep(args.seconds)
-        (directory / "slow_save.txt").write_text("done\n")
-
-    def restore(self, directory: epath.Path, item: Any = None, args: Any = None) -> None:
-        return None
-
-    def structure(self, directory: epath.Path) -> None:
-        return None
-
-    def metadata(self, directory: epath.Path) -> None:
-        return None
-
-    def finalize(self, directory: epath.Path) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    @classmethod
-    def typestr(cls) -> str:
-        return f"{cls.__module__}.{cls.__qualname__}"
-
-
-@ocp.args.register_with_handler(SlowSaveHandler, for_save=True)
-@dataclasses.dataclass
-class SlowSave(ocp.args.CheckpointArgs):
-    seconds: float
-    marker: str = ""
-
-
-@ocp.args.register_with_handler(SlowSaveHandler, for_restore=True)
-@dataclasses.dataclass
-class SlowRestore(ocp.args.CheckpointArgs):
-    """Never used to restore; orbax wants a restore pairing for every handler."""
 
 
 # Orbax splits a replicated array's write across its replicas; each slice is an eager jax op (compiled
@@ -90,15 +43,18 @@ def make_manager(directory: str, keep: int, *, async_save: bool = True) -> ocp.C
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: dict[str, Any], data_iter: Any, *,
-         force: bool = False, slow_save_s: float = 0.0, slow_save_marker: str = "") -> bool:
-    """Start saving `state` (the trainer's dict) and the data iterator at `step`; returns whether it started."""
+         force: bool = False, extra_items: Mapping[str, ocp.args.CheckpointArgs] | None = None) -> bool:
+    """Start saving `state` (the trainer's dict) and the data iterator at `step`, plus a caller's own
+    `extra_items` (name -> orbax args; `restore` reads only the three above); returns whether it started."""
     items = dict(
         model=ocp.args.StandardSave({k: state[k] for k in MODEL_KEYS}),
         train=ocp.args.StandardSave({k: state[k] for k in TRAIN_KEYS}),
         data=pipeline.checkpoint_args(data_iter),
     )
-    if slow_save_s > 0:
-        items["slow"] = SlowSave(slow_save_s, slow_save_marker)
+    clash = sorted(set(items) & set(extra_items or {}))
+    if clash:
+        raise ValueError(f"extra checkpoint items {clash} would replace the trainer's own")
+    items.update(extra_items or {})
     return mngr.save(step, args=ocp.args.Composite(**items), force=force)
 
 

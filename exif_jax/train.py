@@ -1,7 +1,8 @@
 """The trainer: `exif-jax train --config configs/X.py --workdir DIR [--config.a.b=v ...]`.
 
-`main` reads top to bottom: config -> multi-host init -> mesh -> data -> model and optimizer -> train
-step -> checkpoints (resume) -> metrics -> the loop (preemption, NaN skips, logging, saving).
+`main` reads top to bottom: config -> multi-host init -> mesh -> data -> model, optimizer and train step ->
+checkpoints (resume) -> metrics -> the loop (`exif_jax.train_loop`: preemption, NaN skips, logging, saving).
+Nothing here is a test hook: tests inject faults through `train_loop.Hooks` (tests/train_with_hooks.py).
 
 Choices, so they are not rediscovered:
 - State is a plain dict {"params", "rest", "opt", "step", "nan_skips", "rng"} made by nnx.split + optax,
@@ -13,6 +14,8 @@ Choices, so they are not rediscovered:
   micro-batch, as with any accumulation that does not cache embeddings.
 - A non-finite loss or gradient norm leaves params, optimizer state and BatchNorm statistics unchanged
   (jnp.where inside the step); the count rides in the state and is checked when metrics reach the host.
+- The step's metrics are the loss's own (`losses.METRICS`: loss, i2t_top1, t2i_top1, logit_scale) plus the
+  step's (grad_norm, lr, skipped, nan_skips, fingerprint).
 - Metrics stay on the device until a flush (every log_every steps, before a save, at the end), so the
   host never waits on a step just to log it; every step still gets its row in metrics.jsonl.
 """
@@ -21,9 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import signal
 import sys
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -35,15 +36,12 @@ import optax
 from exif_jax import checkpoint, metrics_writer, sharding
 from exif_jax.config import apply_overrides, load_config  # noqa: F401  (re-exported: train.load_config)
 from exif_jax.metrics_writer import log
+from exif_jax.train_loop import Hooks, LossHook, TrainingAborted, train_loop
 
 # Parameters that get weight decay: matrices and embedding tables. Not biases, norm scales, the
 # logit scale, position embeddings, cls tokens or MAP probes.
 DECAY_RE = r"(^|/)(kernel|embedding)$"
 ENV_PREFIX = "EXIF_JAX_"
-
-
-class TrainingAborted(RuntimeError):
-    """Training stopped on purpose (too many non-finite steps); the message says why."""
 
 
 # ------------------------------------------------------------------------------------------ multi-host
@@ -125,30 +123,30 @@ def make_init(config: ml_collections.ConfigDict, vocab_size: int, tx: optax.Grad
 # ------------------------------------------------------------------------------------------ train step
 
 def make_train_step(graphdef: Any, loss_fn: Any, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    config: ml_collections.ConfigDict, state_shardings: Any, mesh: jax.sharding.Mesh):
+                    config: ml_collections.ConfigDict, state_shardings: Any, mesh: jax.sharding.Mesh,
+                    loss_hook: LossHook | None = None):
     """jit(state, batch) -> (state, metrics), state donated, shardings pinned at the boundary."""
     from flax import nnx
 
     accum = int(config.optim.grad_accum)
-    # Test hook (documented in configs/tiny.py): steps whose loss is multiplied by NaN.
-    poison = tuple(int(s) for s in config.get("debug", {}).get("poison_steps", ()))
 
-    def loss_of(params, rest, batch, mult):
+    def loss_of(params, rest, batch, step):
         # copy=True: fresh Variables in this trace. Without it the BatchStats in `rest` (not differentiated,
         # so value_and_grad passes them through as they are) keep the outer trace, and BatchNorm's update of
         # its running statistics raises TraceContextError: a ResNet tower could not train.
         model = nnx.merge(graphdef, params, rest, copy=True)
         img, txt, scale, bias = model(batch["image"], batch["tokens"])
         loss, metrics = loss_fn(img, txt, scale, bias, batch["image_id"], batch["text_id"])
-        return loss * mult, ({**metrics, "loss": metrics["loss"] * mult}, nnx.split(model, nnx.Param, ...)[2])
+        if loss_hook is not None:
+            loss, metrics = loss_hook(loss, metrics, step)
+        return loss, (metrics, nnx.split(model, nnx.Param, ...)[2])
 
     grad_fn = jax.value_and_grad(loss_of, has_aux=True)
 
     def step_fn(state, batch):
         step = state["step"] + 1
-        mult = jnp.where(jnp.isin(step, jnp.asarray(poison)), jnp.nan, 1.0) if poison else 1.0
         if accum == 1:
-            (loss, (metrics, rest)), grads = grad_fn(state["params"], state["rest"], batch, mult)
+            (loss, (metrics, rest)), grads = grad_fn(state["params"], state["rest"], batch, step)
         else:
             # [B, ...] -> [accum, B/accum, ...] taking every accum-th row: each micro-batch keeps rows on
             # every device, so the split is a local transpose, not a reshuffle.
@@ -157,7 +155,7 @@ def make_train_step(graphdef: Any, loss_fn: Any, tx: optax.GradientTransformatio
 
             def body(carry, mb):
                 g_sum, rest = carry
-                (l, (m, rest)), g = grad_fn(state["params"], rest, mb, mult)
+                (l, (m, rest)), g = grad_fn(state["params"], rest, mb, step)
                 return (jax.tree.map(jnp.add, g_sum, g), rest), (l, m)
 
             zeros = jax.tree.map(jnp.zeros_like, state["params"])
@@ -197,7 +195,8 @@ class Trainer(NamedTuple):
     schedule: optax.Schedule
 
 
-def make_trainer(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, vocab_size: int) -> Trainer:
+def make_trainer(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, vocab_size: int,
+                 loss_hook: LossHook | None = None) -> Trainer:
     """Optimizer, sharded init and train step for `config` on `mesh` (shared by main, tests, benchmarks)."""
     from exif_jax import losses
 
@@ -207,14 +206,15 @@ def make_trainer(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, voc
     state_sh = sharding.state_shardings(abstract_state, mesh,
                                         fsdp_min_size=int(config.mesh.fsdp_min_size))
     loss_fn = losses.make_loss_fn(config.loss.kind, config.loss.impl, mesh, batch_axes=sharding.BATCH_AXES)
-    train_step = make_train_step(graphdef, loss_fn, tx, schedule, config, state_sh, mesh)
+    train_step = make_train_step(graphdef, loss_fn, tx, schedule, config, state_sh, mesh, loss_hook)
     return Trainer(jax.jit(init, out_shardings=state_sh), abstract_state, state_sh, train_step, schedule)
 
 
 # ------------------------------------------------------------------------------------------------ main
 
 def main(config_path: str, workdir: str, overrides: Sequence[str] = (), *, distributed: str = "auto",
-         coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None) -> int:
+         coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None,
+         hooks: Hooks = Hooks()) -> int:
     """Train (or resume) the two towers as the config says; checkpoints, events and metrics.jsonl in workdir."""
     from exif_jax.data import pipeline
     from exif_jax.models import towers
@@ -222,7 +222,7 @@ def main(config_path: str, workdir: str, overrides: Sequence[str] = (), *, distr
 
     # 1. Config. ----------------------------------------------------------------------------------------
     config = load_config(config_path, overrides)
-    c_train, debug = config.train, config.get("debug", ml_collections.ConfigDict())
+    c_train = config.train
     if not config.data.train_dir:
         raise ValueError("config.data.train_dir is empty: build ArrayRecords with `exif-jax build-data "
                          "--images DIR --out DATA` and pass --config.data.train_dir=DATA")
@@ -248,13 +248,13 @@ def main(config_path: str, workdir: str, overrides: Sequence[str] = (), *, distr
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json(indent=2))
 
-    # 5-6. Model, optimizer (abstract: nothing allocated yet) and the jitted train step. ---------------
-    trainer = make_trainer(config, mesh, vocab_size)
-    abstract_state, state_sh, train_step = trainer.abstract_state, trainer.state_shardings, trainer.train_step
+    # 5. Model, optimizer (abstract: nothing allocated yet) and the jitted train step. ----------------
+    trainer = make_trainer(config, mesh, vocab_size, hooks.loss)
+    abstract_state, state_sh = trainer.abstract_state, trainer.state_shardings
     # Once, on process 0: what each tower holds and how the rules laid it out on this mesh.
     log(sharding.overview(abstract_state["params"], state_sh["params"], abstract_state["opt"], state_sh["opt"]))
 
-    # 7. Checkpoints: resume from the newest complete one, else initialize. ------------------------------
+    # 6. Checkpoints: resume from the newest complete one, else initialize. ------------------------------
     mngr = checkpoint.make_manager(os.path.join(workdir, "ckpt"), int(c_train.keep))
     start = mngr.latest_step() or 0
     if start:
@@ -264,91 +264,31 @@ def main(config_path: str, workdir: str, overrides: Sequence[str] = (), *, distr
         state = trainer.init()
     total = int(c_train.steps)
 
-    # 8. Metrics. --------------------------------------------------------------------------------------
+    # 7. Metrics. --------------------------------------------------------------------------------------
     writer = metrics_writer.MetricsWriter(
         workdir, total_steps=total, global_batch=int(config.data.global_batch_size),
         flops_per_example=towers.flops_per_example(config), num_devices=jax.device_count(),
         peak_per_device=metrics_writer.peak_flops(), enabled=is_main)
-    pending: list[tuple[int, dict[str, jax.Array]]] = []
-    max_nan = int(c_train.max_nan_skips)
 
-    def flush() -> None:
-        fetched = jax.device_get([m for _, m in pending])
-        rows = [{"step": s, **{k: v.item() for k, v in m.items()}} for (s, _), m in zip(pending, fetched)]
-        pending.clear()
-        writer.write(rows)
-        for row in rows:
-            if row["skipped"]:
-                log(f"step {row['step']}: non-finite loss or gradient, update skipped "
-                    f"({row['nan_skips']} of at most {max_nan})")
-            if row["nan_skips"] > max_nan:
-                raise TrainingAborted(
-                    f"stopping: {row['nan_skips']} steps with a non-finite loss or gradient "
-                    f"(> train.max_nan_skips={max_nan}), the last at step {row['step']}. Checkpoints are "
-                    f"untouched (newest: {mngr.latest_step() or 'none'}); lower optim.lr or check the data.")
-
-    def save(step: int, force: bool = False) -> None:
-        if step in mngr.all_steps():
-            return
-        slow = float(debug.get("slow_save_s", 0.0)) if step == int(debug.get("slow_save_step", -1)) else 0.0
-        checkpoint.save(mngr, step, state, data_iter, force=force, slow_save_s=slow,
-                        slow_save_marker=os.path.join(workdir, "slow_save_marker.txt"))
-
-    # 9. Preemption: SIGTERM -> save at the next step boundary and leave. --------------------------------
-    # One process: our own handler. Several: jax's preemption service (the coordinator tells every
-    # process to stop at the same step; a Python handler would replace its SIGTERM hook).
-    sigterm = {"hit": False}
-    old_handler = None
-    if jax.process_count() == 1:
-        old_handler = signal.signal(signal.SIGTERM, lambda *_: sigterm.update(hit=True))
-
-    def preempted(step: int) -> bool:
-        return sigterm["hit"] if jax.process_count() == 1 else mngr.reached_preemption(step)
-
-    # 10. Loop. ----------------------------------------------------------------------------------------
-    step, stop_at = start, total
-    if int(c_train.max_steps_per_run) > 0:
-        stop_at = min(total, start + int(c_train.max_steps_per_run))
+    # 8. The loop, to train.steps or this run's max_steps_per_run (time-limited jobs). ------------------
+    stop_at = total if int(c_train.max_steps_per_run) <= 0 else min(total, start + int(c_train.max_steps_per_run))
     if start >= total:
         log(f"nothing to do: checkpoint step {start} >= train.steps {total}")
-    exit_code = 0
+    aborted = False
     try:
-        while step < stop_at:
-            if preempted(step):
-                if pending:
-                    flush()
-                save(step, force=True)
-                mngr.wait_until_finished()
-                log(f"preempted: saved step {step} to {workdir}/ckpt; rerun the same command to resume")
-                break
-            state, metrics = train_step(state, next(data_iter))
-            step += 1
-            if debug.get("step_sleep_s", 0.0):
-                time.sleep(float(debug.step_sleep_s))
-            pending.append((step, metrics))
-            if step == start + 1:  # the compile step: time throughput from its end
-                jax.block_until_ready(metrics)
-                writer.start_clock(step)
-            is_ckpt = step % int(c_train.ckpt_every) == 0 or step == stop_at
-            if pending and (step % int(c_train.log_every) == 0 or is_ckpt):
-                flush()
-            if is_ckpt:
-                save(step)
-        if pending:
-            flush()
+        train_loop(state, trainer.train_step, data_iter, mngr, writer, c_train, start=start, stop_at=stop_at,
+                   workdir=workdir, hooks=hooks)
     except TrainingAborted as e:
         log(str(e))
-        exit_code = 3
+        aborted = True
         raise
     finally:
-        if old_handler is not None:
-            signal.signal(signal.SIGTERM, old_handler)
-        if exit_code == 0:
+        if not aborted:  # an aborted run leaves its checkpoints as they were
             mngr.wait_until_finished()
         mngr.close()
         writer.close()
         data_iter.close()
-    return exit_code
+    return 0
 
 
 # ------------------------------------------------------------------------------------------------- CLI
@@ -389,11 +329,12 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.parse_known_args = parse_known_args  # type: ignore[method-assign]
 
 
-def cli_main(args: argparse.Namespace) -> int:
+def cli_main(args: argparse.Namespace, hooks: Hooks = Hooks()) -> int:
     """Run `main` with the parsed flags."""
     try:
         return main(args.config, args.workdir, args.config_overrides, distributed=args.distributed,
-                    coordinator=args.coordinator, num_processes=args.num_processes, process_id=args.process_id)
+                    coordinator=args.coordinator, num_processes=args.num_processes, process_id=args.process_id,
+                    hooks=hooks)
     except TrainingAborted as e:
         print(f"exif-jax train: {e}", file=sys.stderr)
         return 3

@@ -1,6 +1,7 @@
 """The trainer end to end on real ArrayRecords of the bundled photos: learning, TensorBoard events, exact
 resume after kill -9 mid-save and SIGTERM, two processes == one, NaN skips. Runs are real `exif-jax train`
-processes (8 fake CPU devices); a shared persistent compilation cache keeps repeated compiles cheap."""
+processes (8 fake CPU devices), or tests/train_with_hooks.py (the same trainer with faults injected through
+its hooks) where a test needs a fault; a shared persistent compilation cache keeps repeated compiles cheap."""
 from __future__ import annotations
 
 import argparse
@@ -28,6 +29,7 @@ CONFIG = str(REPO / "configs" / "tiny.py")
 STEPS = 30
 FAST_COMPILE = "--xla_backend_optimization_level=0"
 EXE = [sys.executable, "-m", "exif_jax.cli", "train", "--config", CONFIG]
+WITH_HOOKS = [sys.executable, str(REPO / "tests" / "train_with_hooks.py"), "--config", CONFIG]
 
 
 def overrides(data_dir: str) -> list[str]:
@@ -51,10 +53,13 @@ def env(tmp_path_factory) -> dict[str, str]:
     return e
 
 
-def start(workdir: Path, args: list[str], env: dict[str, str], log_name: str = "log.txt", **kw) -> subprocess.Popen:
+def start(workdir: Path, args: list[str], env: dict[str, str], log_name: str = "log.txt", faults: tuple = (),
+          **kw) -> subprocess.Popen:
+    """`exif-jax train` with --config.`args`; with `faults` (train_with_hooks.py flags), the hooked trainer."""
     workdir.mkdir(parents=True, exist_ok=True)
     log = open(workdir.parent / f"{workdir.name}.{log_name}", "a")
-    cmd = EXE + ["--workdir", str(workdir)] + [f"--config.{a}" for a in args]
+    exe = WITH_HOOKS + list(faults) if faults else EXE
+    cmd = exe + ["--workdir", str(workdir)] + [f"--config.{a}" for a in args]
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO, **kw)
 
 
@@ -158,7 +163,7 @@ def test_kill9_mid_save_and_sigterm_resume_exactly(ref, tmp_path, bundled_record
     wd = tmp_path / "run"
     base = overrides(bundled_records)
     # 1. The save at step 20 hangs inside orbax (temporary directory written, not renamed): kill -9 there.
-    p = start(wd, base + ["debug.slow_save_step=20", "debug.slow_save_s=600"], env)
+    p = start(wd, base, env, faults=("--slow-save-step", "20", "--slow-save-s", "600"))
     wait_for(lambda: (wd / "slow_save_marker.txt").exists(), 200, "the save at step 20", p)
     p.send_signal(signal.SIGKILL)
     p.wait()
@@ -166,7 +171,7 @@ def test_kill9_mid_save_and_sigterm_resume_exactly(ref, tmp_path, bundled_record
     assert [d for d in os.listdir(wd / "ckpt") if d.startswith("20.")], "expected the killed save's leftovers"
     # 2. Restart: resumes from 10. SIGTERM it mid-loop: it saves where it is and exits cleanly.
     n_before = len((wd / "metrics.jsonl").read_text().splitlines())
-    p = start(wd, base + ["debug.step_sleep_s=0.3"], env)
+    p = start(wd, base, env, faults=("--step-sleep-s", "0.3"))
     wait_for(lambda: len((wd / "metrics.jsonl").read_text().splitlines()) >= n_before + 5, 200,
              "steps after the restart", p)
     p.send_signal(signal.SIGTERM)
@@ -236,8 +241,8 @@ def test_two_processes_match_one(launch, ref, tmp_path, bundled_records, env):
 
 def test_nan_steps_are_skipped_then_training_stops(tmp_path, bundled_records, env):
     wd = tmp_path / "run"
-    args = overrides(bundled_records) + ["debug.poison_steps=3,5", "train.max_nan_skips=1", "train.log_every=1"]
-    assert finish(start(wd, args, env)) == 3, log_text(wd)
+    args = overrides(bundled_records) + ["train.max_nan_skips=1", "train.log_every=1"]
+    assert finish(start(wd, args, env, faults=("--poison-steps", "3,5"))) == 3, log_text(wd)
     assert re.search(r"exif-jax train: stopping: 2 steps .*train.max_nan_skips=1.*step 5", log_text(wd))
     r = rows(wd)
     assert sorted(r) == [1, 2, 3, 4, 5]
@@ -251,9 +256,11 @@ def test_config_overrides_take_the_existing_type():
     from exif_jax import train
 
     c = train.load_config(CONFIG, ["data.crop_size=16", "model.learn_logit_scale=false", "optim.lr=3e-4",
-                                   "debug.poison_steps=3,5", "train.steps=7"])
+                                   "model.image.mean=0.25,0.5,0.75", "train.steps=7"])
     assert (c.data.crop_size, c.model.image.size) == (16, 16)  # references in the config follow
-    assert c.model.learn_logit_scale is False and c.optim.lr == 3e-4 and c.debug.poison_steps == (3, 5)
+    assert c.model.learn_logit_scale is False and c.optim.lr == 3e-4 and c.model.image.mean == (0.25, 0.5, 0.75)
+    with pytest.raises(KeyError, match="no section 'debug'"):  # test hooks are not config keys
+        train.load_config(CONFIG, ["debug.poison_steps=3"])
     with pytest.raises(KeyError, match="no such key"):
         train.load_config(CONFIG, ["data.crop=3"])
     with pytest.raises(ValueError, match="cannot parse as int"):
