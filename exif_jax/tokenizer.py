@@ -245,13 +245,15 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--images", metavar="DIR", help="folder of photos (recursive); texts from their EXIF")
     src.add_argument("--list", dest="list_file", metavar="FILE", help="file with one photo path per line")
-    src.add_argument("--data", metavar="RECORDS", help="folder of ArrayRecord shards from build-data (their `text` field)")
+    src.add_argument("--data", metavar="RECORDS",
+                     help="folder of ArrayRecord shards from build-data (their `text` field)")
     src.add_argument("--texts", metavar="FILE", help="file with one EXIF text per line")
     cli_args.add_out(parser, f"{BUNDLED_MODEL.stem}.model and {BUNDLED_MODEL.stem}.vocab (train with "
                              f"--config.tokenizer.model=OUT/{BUNDLED_MODEL.stem}.model)")
     parser.add_argument("--vocab-size", type=int, default=1000, metavar="N", help="pieces in the model")
-    parser.add_argument("--config", metavar="FILE", help="config file: its EXIF tag set (each label one piece) and, for photos, "
-                                         "max_value_len and style (default: the schema's)")
+    parser.add_argument("--config", metavar="FILE",
+                        help="config file: its EXIF tag set (each label one piece) and, for photos, "
+                             "max_value_len and style (default: the schema's)")
 
 
 def cli_main(args: argparse.Namespace) -> int:

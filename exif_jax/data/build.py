@@ -413,16 +413,19 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--images", metavar="DIR", help="folder of photos (recursive; other files are counted, not read)")
     src.add_argument("--list", dest="list_file", metavar="FILE", help="file with one photo path per line")
-    src.add_argument("--yfcc-exif", metavar="TSV", help="YFCC100M EXIF TSV (photo id + EXIF per line); needs --yfcc-images")
+    src.add_argument("--yfcc-exif", metavar="TSV",
+                     help="YFCC100M EXIF TSV (photo id + EXIF per line); needs --yfcc-images")
     parser.add_argument("--yfcc-images", metavar="DIR", help="folder holding <photo_id>.jpg for each --yfcc-exif line")
     cli_args.add_out(parser, "records-*.array_record shards, their pixel files and sidecars, summary.json; re-run "
                              "the same command to resume an interrupted build")
     n = parser.add_mutually_exclusive_group()
     n.add_argument("--shards", type=int, metavar="N", help="number of shards (default: from --records-per-shard)")
-    n.add_argument("--records-per-shard", type=int, default=64, metavar="N", help="photos per shard when --shards is not given")
+    n.add_argument("--records-per-shard", type=int, default=64, metavar="N",
+                   help="photos per shard when --shards is not given")
     parser.add_argument("--workers", type=int, default=0, metavar="N", help="processes (0: all cores)")
     parser.add_argument("--config", metavar="FILE", help="config file: EXIF tag set, max_value_len, style")
-    parser.add_argument("--min-size", type=int, default=128, metavar="PX", help="skip photos whose shorter side is smaller")
+    parser.add_argument("--min-size", type=int, default=128, metavar="PX",
+                        help="skip photos whose shorter side is smaller")
     parser.add_argument("--keep-original", action="store_true",
                         help="also store each original file (the rewritten stream alone gives the same pixels)")
     parser.add_argument("--no-fast-path", action="store_true",

@@ -300,7 +300,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     cli_args.add_limit(parser, "evenly spaced over the benchmark's list (it lists authentic and spliced images "
                                "in blocks)")
     cli_args.add_grid(parser, CONSENSUS, NUM_PER_DIM)
-    parser.add_argument("--show", type=int, default=3, metavar="N", help="heatmaps of this many best and worst images per method")
+    parser.add_argument("--show", type=int, default=3, metavar="N",
+                        help="heatmaps of this many best and worst images per method")
     parser.add_argument("--paper-color-bug", action="store_true", help=PAPER_COLOR_BUG_HELP)
     cli_args.add_progress(parser)
     cli_args.add_note(parser, "Methods: --checkpoint gives the learned row, --baseline adds (or alone is) one "

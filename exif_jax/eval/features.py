@@ -110,7 +110,8 @@ def add_common_args(parser: argparse.ArgumentParser, outputs: str) -> None:
     cli_args.add_out(parser, outputs)
     parser.add_argument("--crops-per-photo", type=int, default=8, metavar="K",
                         help="crops of the checkpoint's crop size cut from each photo")
-    parser.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the crop positions and random-init weights")
+    parser.add_argument("--seed", type=int, default=0, metavar="N",
+                        help="seed of the crop positions and random-init weights")
     cli_args.add_limit(parser, "the first N usable photos of the records (build-data orders them by content "
                                "hash, so that is an arbitrary but fixed sample)")
     cli_args.add_progress(parser)

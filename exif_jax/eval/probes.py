@@ -233,7 +233,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     from exif_jax.eval.features import add_common_args
 
     add_common_args(parser, "probes.json, probes.md (also printed)")
-    parser.add_argument("--test-fraction", type=float, default=0.3, metavar="F", help="share of each class's photos held out")
+    parser.add_argument("--test-fraction", type=float, default=0.3, metavar="F",
+                        help="share of each class's photos held out")
     parser.add_argument("--buckets", type=int, default=3, metavar="N", help="quantile buckets of numeric tags")
     parser.add_argument("--train-steps", type=int, default=300, metavar="N", help="full-batch Adam steps of each probe")
     parser.add_argument("--l2", type=float, default=1e-3, help="l2 penalty on the probe's weights")

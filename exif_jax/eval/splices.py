@@ -239,7 +239,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     cli_args.add_out(parser, "images/, masks/, manifest.jsonl, summary.json (eval-localize --dataset folder:OUT); "
                              "with --jpeg-quality Q also a recompressed copy in OUT/jpeg_qQ")
     parser.add_argument("--count", type=int, default=100, metavar="N", help="images to make (spliced + authentic)")
-    parser.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the photo pairs, regions and positions")
+    parser.add_argument("--seed", type=int, default=0, metavar="N",
+                        help="seed of the photo pairs, regions and positions")
     parser.add_argument("--jpeg-quality", type=int, default=None, metavar="Q",
                         help="also write a copy recompressed at this JPEG quality under OUT/jpeg_qQ")
     parser.add_argument("--size", type=parse_size, default=None, metavar="WxH",
