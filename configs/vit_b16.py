@@ -1,5 +1,5 @@
 """Paper scale with a ViT: ViT-B/16 on 128-px native crops + a 6-layer width-512 text transformer over 64
-tokens, both projected to 512, symmetric InfoNCE with a learned temperature, batch 1024, ~75M samples
+tokens, both projected to 512, symmetric InfoNCE with a learned logit scale, batch 1024, ~75M samples
 (50 epochs of the paper's 1.5M YFCC100M photos) in bf16.
 
 Data: `exif-jax build-data --yfcc-exif yfcc_exif.tsv --yfcc-images DIR --out DATA` (or --images DIR).
