@@ -101,7 +101,7 @@ def make_embedders(kinds: Sequence[str], *, checkpoint: str | None = None, step:
     out: dict[str, PatchEmbedder] = {}
     for kind in kinds:
         if kind == "learned":
-            e = model_embedder(models["learned"], crop_size, name=f"model:{checkpoint}")
+            e = model_embedder(models["learned"], crop_size, name=f"model:{workdir.model_name(checkpoint)}")
             out[kind] = with_paper_color_bug(e) if paper_color_bug else e
         elif kind == "random-init":
             out[kind] = model_embedder(models["random-init"], crop_size, name="random-init")
