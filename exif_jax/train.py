@@ -134,7 +134,9 @@ def make_train_step(graphdef: Any, loss_fn: Any, tx: optax.GradientTransformatio
     poison = tuple(int(s) for s in config.get("debug", {}).get("poison_steps", ()))
 
     def loss_of(params, rest, batch, mult):
-        model = nnx.merge(graphdef, params, rest)
+        # copy=True: fresh Variables at this trace level, so BatchNorm may update its statistics inside the
+        # grad trace (reusing the jit-level ones raises TraceContextError: the ResNet step failed to trace).
+        model = nnx.merge(graphdef, params, rest, copy=True)
         img, txt, scale, bias = model(batch["image"], batch["tokens"])
         loss, aux = loss_fn(img, txt, scale, bias, batch["image_id"], batch["text_id"])
         return loss * mult, (aux, nnx.split(model, nnx.Param, ...)[2], scale)

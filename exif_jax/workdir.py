@@ -36,9 +36,13 @@ def load_model(path: str, step: int | None = None, *, float32: bool = False) -> 
     f32 whatever the run trained with (parameters are loaded as stored)."""
     from exif_jax import checkpoint
 
+    import jax
+
     config = read_config(path)
     if float32:
         config.model.dtype = "float32"
+    if config.model.attention == "cudnn" and (float32 or jax.devices()[0].platform != "gpu"):
+        config.model.attention = "xla"  # the same attention math; cuDNN's kernel needs a GPU and bf16/fp16
     _, ckpt = locate(path)
     model, got = checkpoint.load_model(config, str(ckpt), step)
     model.eval()
