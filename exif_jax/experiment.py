@@ -6,6 +6,8 @@ r"""The camera-held-out experiment: split photos by camera model, then report ev
   python -m exif_jax.experiment stage --timings DIR/timings.json --name NAME -- CMD ...   (runs CMD, times it)
   python -m exif_jax.experiment report --workdir DIR --split configs/splits/camera_heldout.json \
       --out docs/experiments/camera_heldout
+  python -m exif_jax.experiment package --run DIR/run --out exif_jax/assets/default_model --name NAME
+      (the bundled default model: the run's parameters in bfloat16, its config and tokenizer)
 
 No camera model is on both sides: a model that is only ever seen at test time is the point of the split
 (the learned features must tell cameras apart that training never showed).
@@ -122,7 +124,7 @@ def run_stage(timings: str, name: str, cmd: Sequence[str]) -> int:
 # ------------------------------------------------------------------------------------------ CLI
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m exif_jax.experiment split|lists|stage|report ...`."""
+    """`python -m exif_jax.experiment split|lists|stage|report|package ...`."""
     p = argparse.ArgumentParser(prog="python -m exif_jax.experiment", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -145,8 +147,21 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--workdir", required=True)
     r.add_argument("--split", required=True)
     r.add_argument("--out", required=True)
+    pk = sub.add_parser("package", help="a training run as a packaged model (what exif_jax/assets/default_model is)")
+    pk.add_argument("--run", required=True, help="training workdir")
+    pk.add_argument("--out", required=True, help="package directory (created)")
+    pk.add_argument("--name", required=True, help="the name every output will show")
+    pk.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16", help="stored parameter dtype")
+    pk.add_argument("--about", default="", help="a JSON object of facts to record in model.json")
     args = p.parse_args(argv)
-    if args.cmd == "split":
+    if args.cmd == "package":
+        from exif_jax import workdir
+
+        out = workdir.package(args.run, args.out, name=args.name, dtype=args.dtype,
+                              about=json.loads(args.about) if args.about else None)
+        size = sum(f.stat().st_size for f in out.iterdir())
+        print(f"{out}: {size / 1e6:.2f} MB ({', '.join(sorted(f.name for f in out.iterdir()))})")
+    elif args.cmd == "split":
         split = split_cameras(read_index(args.index), args.train_fraction, args.salt)
         split["index"] = os.path.basename(args.index)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

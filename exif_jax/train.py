@@ -134,8 +134,9 @@ def make_train_step(graphdef: Any, loss_fn: Any, tx: optax.GradientTransformatio
     poison = tuple(int(s) for s in config.get("debug", {}).get("poison_steps", ()))
 
     def loss_of(params, rest, batch, mult):
-        # copy=True: fresh Variables at this trace level, so BatchNorm may update its statistics inside the
-        # grad trace (reusing the jit-level ones raises TraceContextError: the ResNet step failed to trace).
+        # copy=True: fresh Variables in this trace. Without it the BatchStats in `rest` (not differentiated,
+        # so value_and_grad passes them through as they are) keep the outer trace, and BatchNorm's update of
+        # its running statistics raises TraceContextError: a ResNet tower could not train.
         model = nnx.merge(graphdef, params, rest, copy=True)
         img, txt, scale, bias = model(batch["image"], batch["tokens"])
         loss, aux = loss_fn(img, txt, scale, bias, batch["image_id"], batch["text_id"])
@@ -250,8 +251,8 @@ def main(config_path: str, workdir: str, overrides: Sequence[str] = (), *, distr
     # 5-6. Model, optimizer (abstract: nothing allocated yet) and the jitted train step. ---------------
     trainer = make_trainer(config, mesh, vocab_size)
     abstract_state, state_sh, train_step = trainer.abstract_state, trainer.state_shardings, trainer.train_step
-    n_params = sum(x.size for x in jax.tree.leaves(abstract_state["params"]))
-    log(f"{n_params / 1e6:.2f}M parameters")
+    # Once, on process 0: what each tower holds and how the rules laid it out on this mesh.
+    log(sharding.overview(abstract_state["params"], state_sh["params"], abstract_state["opt"], state_sh["opt"]))
 
     # 7. Checkpoints: resume from the newest complete one, else initialize. ------------------------------
     mngr = checkpoint.make_manager(os.path.join(workdir, "ckpt"), int(c_train.keep))

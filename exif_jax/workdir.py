@@ -47,3 +47,99 @@ def load_model(path: str, step: int | None = None, *, float32: bool = False) -> 
     model, got = checkpoint.load_model(config, str(ckpt), step)
     model.eval()
     return model, config, got
+
+
+# ----------------------------------------------------------------------------- packaged models
+# A packaged model is a directory: config.json (tokenizer.model relative to it), params.msgpack (the towers'
+# parameters, optionally in bfloat16), the tokenizer file, and model.json (its name and where it came from).
+# The bundled default model (exif_jax/assets/default_model) is one; `python -m exif_jax.experiment package`
+# makes one from a training workdir.
+
+PARAMS_FILE, MODEL_JSON = "params.msgpack", "model.json"
+DEFAULT_MODEL = Path(__file__).parent / "assets" / "default_model"
+
+
+def is_packaged(path: str | Path) -> bool:
+    """True for a packaged model directory (config.json + params.msgpack)."""
+    p = Path(path)
+    return (p / "config.json").is_file() and (p / PARAMS_FILE).is_file()
+
+
+def model_name(path: str | Path) -> str:
+    """The name a packaged model carries (model.json), else the workdir's path."""
+    p = Path(path)
+    meta = p / MODEL_JSON
+    if meta.is_file():
+        return str(json.loads(meta.read_text())["name"])
+    return str(p)
+
+
+def _packaged_config(path: Path) -> ml_collections.ConfigDict:
+    config = upgrade(json.loads((path / "config.json").read_text()), source=str(path / "config.json"))
+    if config.tokenizer.model and not Path(config.tokenizer.model).is_absolute():
+        config.tokenizer.model = str(path / config.tokenizer.model)
+    return config
+
+
+def load_packaged(path: str | Path, *, float32: bool = False) -> tuple[Any, ml_collections.ConfigDict]:
+    """(model in eval mode, config) of a packaged model; parameters come back in the model's param dtype."""
+    import jax
+    import numpy as np
+    from flax import nnx, serialization
+
+    from exif_jax.models import towers
+    from exif_jax.tokenizer import vocab_size_of
+
+    path = Path(path)
+    config = _packaged_config(path)
+    if float32:
+        config.model.dtype = "float32"
+    model = nnx.eval_shape(lambda: towers.create_model(config, vocab_size_of(config), nnx.Rngs(0)))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    stored = serialization.msgpack_restore((path / PARAMS_FILE).read_bytes())
+    want = {"params": params.to_pure_dict(), "rest": rest.to_pure_dict()}
+    flat_want = dict(jax.tree_util.tree_flatten_with_path(want)[0])
+    flat_got = dict(jax.tree_util.tree_flatten_with_path(stored)[0])
+    if set(flat_want) != set(flat_got):
+        missing, extra = sorted(set(flat_want) - set(flat_got)), sorted(set(flat_got) - set(flat_want))
+        raise ValueError(f"{path / PARAMS_FILE} does not fit its config.json: missing {missing[:3]}, extra {extra[:3]}")
+    for k, v in flat_want.items():
+        if tuple(flat_got[k].shape) != tuple(v.shape):
+            raise ValueError(f"{path / PARAMS_FILE}: {jax.tree_util.keystr(k)} has shape {flat_got[k].shape}, "
+                             f"config.json builds {v.shape}")
+    cast = jax.tree.map(lambda w, a: np.asarray(a, dtype=w.dtype), want, stored)
+    params.replace_by_pure_dict(cast["params"])
+    rest.replace_by_pure_dict(cast["rest"])
+    model = nnx.merge(graphdef, params, rest)
+    model.eval()
+    return model, config
+
+
+def package(run: str, out: str, *, name: str, dtype: str = "bfloat16", step: int | None = None,
+            about: dict[str, Any] | None = None) -> Path:
+    """Write a packaged model from a training workdir's checkpoint; returns its directory."""
+    import shutil
+
+    import jax
+    import ml_dtypes
+    import numpy as np
+    from flax import nnx, serialization
+
+    model, config, got_step = load_model(run, step)
+    _, params, rest = nnx.split(model, nnx.Param, ...)
+    to = {"bfloat16": ml_dtypes.bfloat16, "float32": np.float32}[dtype]
+    state = {"params": jax.tree.map(lambda a: np.asarray(a).astype(to) if np.issubdtype(np.asarray(a).dtype, np.floating)
+                                    else np.asarray(a), params.to_pure_dict()),
+             "rest": jax.tree.map(np.asarray, rest.to_pure_dict())}
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / PARAMS_FILE).write_bytes(serialization.msgpack_serialize(state))
+    tok = config.tokenizer.model
+    if tok:
+        shutil.copyfile(tok, out_dir / Path(tok).name)
+        config.tokenizer.model = Path(tok).name  # relative to the package
+    config.data.train_dir = ""
+    (out_dir / "config.json").write_text(config.to_json(indent=2))
+    meta = {"name": name, "source_run": str(run), "step": got_step, "param_dtype_stored": dtype, **(about or {})}
+    (out_dir / MODEL_JSON).write_text(json.dumps(meta, indent=1) + "\n")
+    return out_dir

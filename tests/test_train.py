@@ -108,6 +108,7 @@ def test_end_to_end_from_arrayrecords(ref):
     assert json.loads((ref / "config.json").read_text())["train"]["steps"] == STEPS
     out = log_text(ref)
     assert f"step {STEPS}/{STEPS}" in out and "img/s" in out and "ETA" in out
+    assert "parameters and their layout" in out and re.search(r"^total .* [\d.]+M parameters", out, re.M), out
 
 
 def test_loss_falls_on_real_photos(ref):

@@ -1,0 +1,399 @@
+"""Pod-scale compiles on CPU: the real train step AOT-compiled for 64- and 256-device meshes of fake CPU devices.
+
+For each config (configs/vit_b16.py, configs/resnet50_paper.py) at its real global batch and each mesh
+(data x fsdp, and with tensor = 2 and 4), the step `exif_jax.train.make_trainer` builds is lowered with
+abstract inputs (ShapeDtypeStructs carrying the trainer's shardings: no array is materialised) and
+compiled. Per device it reports parameter and optimizer bytes (the shards the partition rules give),
+the compiled program's memory analysis (arguments, temporaries) and the collectives in the compiled HLO
+(all-gather, all-reduce, reduce-scatter, collective-permute, all-to-all): op count, executions per step
+and bytes per step, ops inside while loops counted times the loop's trip count; the loss's share apart.
+
+Run (one subprocess per device count; XLA_FLAGS=--xla_force_host_platform_device_count=N is set here):
+  .venv/bin/python benchmarks/pod_compile.py                          # 64 and 256 devices, both configs
+  .venv/bin/python benchmarks/pod_compile.py --devices 64 --configs vit_b16 --out /tmp/pod --set loss.impl=ring
+Writes OUT.json and OUT.md (default docs/measurements/pod_compile) and prints the table.
+
+Caveats, so the figures are read right: this is XLA's CPU pipeline. Buffer assignment, fusion and the
+scheduler differ on TPU/GPU, so temporaries are indicative; the CPU pipeline leaves gradient reductions as
+all-reduce (+ slice) where the TPU/GPU pipelines form reduce-scatter (half an all-reduce's wire bytes).
+Parameter/optimizer bytes and the collective pattern come from the SPMD partitioner, which is the same.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = {"vit_b16": REPO / "configs" / "vit_b16.py", "resnet50_paper": REPO / "configs" / "resnet50_paper.py"}
+COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "collective-permute", "all-to-all")
+# XLA's CPU backend at -O0 compiles several times faster; LLVM's code generation changes neither the
+# partitioned program (collectives) nor the buffer assignment the memory analysis reports.
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4,
+               "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16, "s4": 0.5, "u4": 0.5}
+
+
+def meshes_for(devices: int) -> list[tuple[int, int, int]]:
+    """(data, fsdp, tensor) meshes compiled for a device count: data parallel, fsdp 8 and all-fsdp, tensor 2 and 4."""
+    wanted = [(devices, 1, 1), (devices // 8, 8, 1), (1, devices, 1), (devices // 16, 8, 2), (devices // 32, 8, 4)]
+    out = []
+    for d, f, t in wanted:  # small device counts: drop meshes that do not fit, and repeats
+        if d >= 1 and d * f * t == devices and (d, f, t) not in out:
+            out.append((d, f, t))
+    return out
+
+
+# ------------------------------------------------------------------------------------------- HLO text
+
+def _shape_bytes(shape: str) -> float:
+    """Bytes of an HLO shape string ('f32[8,64]{1,0}' or a tuple of them)."""
+    total = 0.0
+    for dtype, dims in re.findall(r"\b([a-z]+\d*)\[([\d,]*)\]", shape):
+        if dtype.startswith("f8"):
+            size = 1
+        elif dtype in DTYPE_BYTES:
+            size = DTYPE_BYTES[dtype]
+        else:
+            continue
+        total += size * math.prod(int(d) for d in dims.split(",") if d)
+    return total
+
+
+def _shape_summary(shape: str) -> str:
+    """'f32[8,64]' for an array; '(f32[8,64], +N more)' for a tuple (combined collectives)."""
+    arrays = re.findall(r"\b[a-z]+\d*\[[\d,]*\]", shape)
+    if not shape.startswith("("):
+        return arrays[0] if arrays else shape
+    return f"({arrays[0]}, +{len(arrays) - 1} more)" if len(arrays) > 1 else f"({', '.join(arrays)})"
+
+
+def _matching(text: str, start: int) -> int:
+    """Index just past the bracket that closes the one at text[start]."""
+    depth, pairs = 0, {"(": ")", "{": "}", "[": "]"}
+    opener = text[start]
+    for i in range(start, len(text)):
+        if text[i] == opener:
+            depth += 1
+        elif text[i] == pairs[opener]:
+            depth -= 1
+            if depth == 0:
+                return i + 1
+    return len(text)
+
+
+def _instruction(line: str) -> dict[str, Any] | None:
+    """name, shape, opcode, operands and attributes of one HLO instruction line (None if not one)."""
+    m = re.match(r"\s*(?:ROOT )?%([\w.\-]+) = ", line)
+    if not m:
+        return None
+    rest = line[m.end():]
+    if rest.startswith("("):
+        end = _matching(rest, 0)
+        shape, rest = rest[:end], rest[end:].lstrip()
+    else:
+        shape, _, rest = rest.partition(" ")
+    op = re.match(r"([\w\-]+)\(", rest)
+    if not op:
+        return None
+    close = _matching(rest, op.end() - 1)
+    return {"name": m.group(1), "shape": shape, "opcode": op.group(1),
+            "operands": re.findall(r"%([\w.\-]+)", rest[op.end():close - 1]), "attrs": rest[close:]}
+
+
+def _stack_files(text: str) -> dict[int, set[str]]:
+    """stack_frame_id -> the source files on that stack, from the module's StackFrames tables."""
+    def table(name: str) -> list[str]:
+        m = re.search(rf"^{name}\n(.*?)(?:\n\n|\Z)", text, re.S | re.M)
+        return m.group(1).splitlines() if m else []
+
+    files = {int(k): v.strip('"') for k, v in (ln.split(None, 1) for ln in table("FileNames"))}
+    loc_file = {int(ln.split()[0]): int(re.search(r"file_name_id=(\d+)", ln).group(1))
+                for ln in table("FileLocations")}
+    frames = {}
+    for ln in table("StackFrames"):
+        d = dict(re.findall(r"(\w+)=(\d+)", ln))
+        # The printed parent id is one past the parent's own id (0: no parent).
+        frames[int(ln.split()[0])] = (int(d["file_location_id"]), int(d["parent_frame_id"]) - 1)
+    out: dict[int, set[str]] = {}
+    for fid in frames:
+        seen, f = set(), fid
+        while f in frames and f not in seen:
+            seen.add(f)
+            loc, f = frames[f]
+            if loc in loc_file:
+                out.setdefault(fid, set()).add(files.get(loc_file[loc], ""))
+    return out
+
+
+def hlo_collectives(text: str, loss_file: str = "exif_jax/losses.py", top_n: int = 8) -> dict[str, Any]:
+    """Collectives of a compiled HLO module: per kind ops, executions and bytes per step, for all and for the loss.
+
+    An op's bytes are its larger buffer per device (all-gather: the gathered result; reduce-scatter: the
+    input; others: the operand); ops in a while body count trip-count times (nested loops multiply).
+    """
+    comps: dict[str, list[dict[str, Any]]] = {}
+    entry, current = None, None
+    for line in text.splitlines():
+        head = re.match(r"(ENTRY )?%([\w.\-]+) \(.*\) -> .*\{\s*$", line)
+        if head:
+            current = head.group(2)
+            comps[current] = []
+            if head.group(1):
+                entry = current
+            continue
+        if current is not None:
+            if line.startswith("}"):
+                current = None
+                continue
+            ins = _instruction(line)
+            if ins:
+                comps[current].append(ins)
+    shapes = {i["name"]: _shape_bytes(i["shape"]) for body in comps.values() for i in body}
+
+    def calls(ins: dict[str, Any]) -> list[tuple[str, int | None]]:
+        out = []
+        for key, name in re.findall(r"\b(condition|body|to_apply|calls)=%([\w.\-]+)", ins["attrs"]):
+            trip = 1
+            if ins["opcode"] == "while" and key == "body":
+                m = re.search(r'"known_trip_count":\{"n":"(\d+)"\}', ins["attrs"])
+                trip = int(m.group(1)) if m else None
+            out.append((name, trip))
+        for group in re.findall(r"branch_computations=\{([^}]*)\}", ins["attrs"]):
+            out += [(n, 1) for n in re.findall(r"%([\w.\-]+)", group)]
+        return out
+
+    memo: dict[str, bool] = {}
+
+    def has_collective(comp: str) -> bool:
+        if comp not in memo:
+            memo[comp] = False  # cycle guard
+            memo[comp] = any(i["opcode"].removesuffix("-start") in COLLECTIVES or
+                             any(has_collective(c) for c, _ in calls(i) if c in comps) for i in comps[comp])
+        return memo[comp]
+
+    executions: dict[str, int] = defaultdict(int)
+    unknown_trips = 0
+
+    def visit(comp: str, mult: int) -> None:
+        nonlocal unknown_trips
+        executions[comp] += mult
+        for ins in comps[comp]:
+            for child, trip in calls(ins):
+                if child in comps and has_collective(child):
+                    if trip is None:
+                        unknown_trips += 1
+                    visit(child, mult * (trip or 1))
+
+    if entry is None:
+        raise ValueError("no ENTRY computation in the HLO text")
+    visit(entry, 1)
+    frames = _stack_files(text)
+    empty = lambda: {"ops": 0, "executions": 0, "bytes": 0.0}  # noqa: E731
+    total = {k: empty() for k in COLLECTIVES}
+    loss = {k: empty() for k in COLLECTIVES}
+    largest: list[tuple[float, str, str, int, str]] = []
+    for comp, mult in executions.items():
+        for ins in comps[comp]:
+            kind = ins["opcode"].removesuffix("-start")
+            if kind not in COLLECTIVES:
+                continue
+            operand = sum(shapes.get(o, 0.0) for o in ins["operands"])
+            result = _shape_bytes(ins["shape"])
+            if ins["opcode"].endswith("-start"):  # async: the result tuple holds the operand too
+                result = max(result - operand, 0.0)
+            nbytes = max(operand, result)
+            frame = re.search(r"stack_frame_id=(\d+)", ins["attrs"])
+            in_loss = (any(f.endswith(loss_file) for f in frames.get(int(frame.group(1)), ())) if frame
+                       else "/shard_map/" in ins["attrs"])
+            name = re.search(r'op_name="([^"]*)"', ins["attrs"])
+            largest.append((nbytes * mult, kind, _shape_summary(ins["shape"]), mult,
+                            name.group(1)[:120] if name else ""))
+            for table in (total, loss) if in_loss else (total,):
+                table[kind]["ops"] += 1
+                table[kind]["executions"] += mult
+                table[kind]["bytes"] += nbytes * mult
+    # The heaviest ops (bytes per step), to see which computation moves the bytes.
+    top = [{"bytes": b, "kind": k, "shape": sh, "executions": m, "op_name": n}
+           for b, k, sh, m, n in sorted(largest, key=lambda t: -t[0])[:top_n]]
+    return {"total": total, "loss": loss, "while_loops_without_trip_count": unknown_trips, "largest": top}
+
+
+# ------------------------------------------------------------------------------------------ one compile
+
+def abstract_inputs(config: Any, trainer: Any, mesh: Any) -> tuple[Any, dict[str, Any]]:
+    """(state, batch) as ShapeDtypeStructs with the trainer's shardings: the step's inputs, never allocated."""
+    import jax
+    import jax.numpy as jnp
+
+    from exif_jax import sharding
+
+    state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                         trainer.abstract_state, trainer.state_shardings)
+    b, crop, length = int(config.data.global_batch_size), int(config.data.crop_size), int(config.tokenizer.max_len)
+    bsh = sharding.batch_sharding(mesh)
+    batch = {"image": jax.ShapeDtypeStruct((b, crop, crop, 3), jnp.uint8, sharding=bsh),
+             "tokens": jax.ShapeDtypeStruct((b, length), jnp.int32, sharding=bsh),
+             "image_id": jax.ShapeDtypeStruct((b,), jnp.int32, sharding=bsh),
+             "text_id": jax.ShapeDtypeStruct((b,), jnp.int32, sharding=bsh)}
+    return state, batch
+
+
+def shard_bytes(tree: Any) -> int:
+    """Bytes one device holds of a pytree of sharded ShapeDtypeStructs (its largest shard per array)."""
+    import jax
+    import numpy as np
+
+    return int(sum(math.prod(x.sharding.shard_shape(x.shape)) * np.dtype(x.dtype).itemsize
+                   for x in jax.tree.leaves(tree)))
+
+
+def compile_case(config_path: str | Path, mesh_shape: tuple[int, int, int], overrides: tuple[str, ...] = (),
+                 fast: bool = True) -> dict[str, Any]:
+    """Compile the trainer's step for `config_path` on a (data, fsdp, tensor) mesh of all devices; one result row."""
+    import jax
+
+    from exif_jax import sharding, train
+    from exif_jax.tokenizer import vocab_size_of
+
+    data, fsdp, tensor = mesh_shape
+    config = train.load_config(str(config_path), [f"mesh.data={data}", f"mesh.fsdp={fsdp}",
+                                                  f"mesh.tensor={tensor}", *overrides])
+    mesh = sharding.make_mesh(config.mesh)
+    trainer = train.make_trainer(config, mesh, vocab_size_of(config))
+    state, batch = abstract_inputs(config, trainer, mesh)
+    t0 = time.perf_counter()
+    lowered = trainer.train_step.lower(state, batch)
+    compiled = lowered.compile(FAST_COMPILE if fast else None)
+    seconds = time.perf_counter() - t0
+    mem = compiled.memory_analysis()
+    hlo = compiled.as_text()
+    colls = hlo_collectives(hlo)
+    n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(state["params"]))
+    return {
+        "config": Path(config_path).stem, "devices": jax.device_count(),
+        "mesh": {"data": data, "fsdp": fsdp, "tensor": tensor}, "global_batch": int(config.data.global_batch_size),
+        "loss_impl": config.loss.impl, "params": int(n_params),
+        "per_device": {
+            "params_bytes": shard_bytes(state["params"]), "opt_bytes": shard_bytes(state["opt"]),
+            "rest_bytes": shard_bytes(state["rest"]), "batch_bytes": shard_bytes(batch),
+            "argument_bytes": int(mem.argument_size_in_bytes), "output_bytes": int(mem.output_size_in_bytes),
+            "alias_bytes": int(mem.alias_size_in_bytes), "temp_bytes": int(mem.temp_size_in_bytes),
+        },
+        "collectives": colls["total"], "loss_collectives": colls["loss"],
+        "while_loops_without_trip_count": colls["while_loops_without_trip_count"], "largest": colls["largest"],
+        "compile_s": round(seconds, 1), "fast_compile": fast, "jax": jax.__version__,
+    }
+
+
+# ------------------------------------------------------------------------------------------- reports
+
+def _gib(b: float) -> str:
+    return f"{b / 2**30:.2f}" if b >= 2**30 / 100 else f"{b / 2**20:.1f} Mi"
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """One table row per compile: per-device memory and collective bytes per step (GiB unless 'Mi')."""
+    head = ("| config | devices | mesh d×f×t | batch/dev | params+opt /dev GiB | temp /dev GiB | all-gather | "
+            "all-reduce | reduce-scatter | coll.-permute | all-to-all | loss: AG / perm. | compile s |")
+    lines = [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['config']} | {r['devices']} | {r['mesh_txt']} | | failed: {r['error'][:80]} |"
+                         + " |" * 8)
+            continue
+        m, pd, c, lc = r["mesh"], r["per_device"], r["collectives"], r["loss_collectives"]
+        cells = [f"{c[k]['executions']}× {_gib(c[k]['bytes'])}" if c[k]["executions"] else "–" for k in COLLECTIVES]
+        loss = f"{lc['all-gather']['executions']} / {lc['collective-permute']['executions']}"
+        lines.append(f"| {r['config']} | {r['devices']} | {m['data']}×{m['fsdp']}×{m['tensor']} | "
+                     f"{r['global_batch'] // (m['data'] * m['fsdp'])} | {_gib(pd['params_bytes'] + pd['opt_bytes'])} | "
+                     f"{_gib(pd['temp_bytes'])} | " + " | ".join(cells) + f" | {loss} | {r['compile_s']} |")
+    return "\n".join(lines)
+
+
+def _key(row: dict[str, Any]) -> tuple[str, int, str]:
+    mesh = row.get("mesh")
+    return row["config"], row["devices"], ("×".join(str(mesh[k]) for k in ("data", "fsdp", "tensor"))
+                                           if mesh else row["mesh_txt"])
+
+
+def worker(devices: int, configs: list[str], out_jsonl: str, fast: bool, overrides: list[str]) -> None:
+    """Compile every mesh for `devices` fake devices (this process's jax sees exactly that many)."""
+    import jax
+
+    if jax.device_count() != devices:
+        raise RuntimeError(f"expected {devices} devices, jax sees {jax.device_count()}: set XLA_FLAGS before jax loads")
+    for name in configs:
+        for mesh_shape in meshes_for(devices):
+            t = time.perf_counter()
+            try:
+                row = compile_case(CONFIGS[name], mesh_shape, tuple(overrides), fast)
+            except Exception as e:  # one failing mesh must not sink the others; the table says which
+                row = {"config": name, "devices": devices, "mesh_txt": "×".join(map(str, mesh_shape)),
+                       "error": f"{type(e).__name__}: {e}"}
+            print(f"{name} {devices} devices mesh {mesh_shape}: {time.perf_counter() - t:.0f} s"
+                  + (f" FAILED {row['error'][:200]}" if "error" in row else ""), flush=True)
+            with open(out_jsonl, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse flags; one worker subprocess per device count; write OUT.json and OUT.md."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--devices", type=int, nargs="+", default=[64, 256])
+    p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    p.add_argument("--out", default=str(REPO / "docs" / "measurements" / "pod_compile"),
+                   help="writes OUT.json and OUT.md")
+    p.add_argument("--full-opt", action="store_true", help="compile at XLA's default -O level (slower)")
+    p.add_argument("--merge", action="store_true",
+                   help="keep OUT.json's rows for the (config, devices, mesh) not compiled in this run")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--jsonl", help=argparse.SUPPRESS)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config override applied to every compile, e.g. --set loss.impl=ring (repeatable)")
+    a = p.parse_args(argv)
+    if a.worker:
+        # Before jax loads (nothing above imports it): the fake device count is read once, at start-up.
+        os.environ["JAX_PLATFORMS"] = "cpu"
+        os.environ["XLA_FLAGS"] = " ".join(
+            [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
+            + [f"--xla_force_host_platform_device_count={a.devices[0]}"])
+        worker(a.devices[0], a.configs, a.jsonl, not a.full_opt, a.overrides)
+        return 0
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    jsonl = out.with_suffix(".jsonl")
+    jsonl.unlink(missing_ok=True)
+    for n in a.devices:
+        # The device count is fixed when jax loads its CPU backend: a fresh process per count.
+        env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+                   XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}".strip())
+        cmd = [sys.executable, __file__, "--worker", "--devices", str(n), "--jsonl", str(jsonl),
+               "--configs", *a.configs] + (["--full-opt"] if a.full_opt else []) + [f"--set={o}" for o in a.overrides]
+        rc = subprocess.call(cmd, env=env, cwd=REPO)
+        if rc:
+            print(f"worker for {n} devices exited with {rc}", file=sys.stderr)
+    rows = [json.loads(ln) for ln in jsonl.read_text().splitlines()] if jsonl.exists() else []
+    if a.merge and out.with_suffix(".json").exists():
+        done = {_key(r) for r in rows}
+        rows += [r for r in json.loads(out.with_suffix(".json").read_text())["rows"] if _key(r) not in done]
+    order = list(CONFIGS)
+    rows.sort(key=lambda r: (order.index(r["config"]) if r["config"] in order else len(order), r["devices"]))
+    out.with_suffix(".json").write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "rows": rows}, indent=1))
+    table = markdown(rows)
+    out.with_suffix(".md").write_text(table + "\n")
+    jsonl.unlink(missing_ok=True)
+    print(table)
+    return 0 if rows and all("error" not in r for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
