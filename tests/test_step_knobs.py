@@ -128,3 +128,62 @@ def test_choices_this_backend_cannot_run_fail_by_name():
         abstract_model(small_config(attention="flash"))
     with pytest.raises(ValueError, match=r"model\.text\.remat must be one of 'none', 'dots', 'dots_all', 'full'"):
         abstract_model(small_config(**{"text.remat": "some"}))
+
+
+def initial_state(trainer) -> dict:
+    """A host state of the trainer's layout without compiling its init: weights from numpy, Adam's moments 0 and
+    every count 1 (the schedule's count too: its lr at 0 is 0, at 1 it is past the 1-step warmup)."""
+    from exif_jax.eval.localize import random_weights
+
+    def zero_or_one(x):
+        return np.ones(x.shape, x.dtype) if x.dtype == np.int32 and x.shape == () else np.zeros(x.shape, x.dtype)
+
+    state = {k: jax.tree.map(zero_or_one, v) for k, v in trainer.abstract_state.items()}
+    state.update({k: jax.device_get(random_weights(trainer.abstract_state[k], 3)) for k in ("params", "rest")})
+    return state
+
+
+def test_every_knob_at_once_gives_the_default_train_step_on_8_devices():
+    """The real train step (exif_jax.train, sharded data=4 x fsdp=2 over 8 fake devices) with every knob changed at
+    once (einsum attention, remat "dots"/"full", f32 norms, the ring loss) gives the default's loss, gradient norm
+    and parameter update from the same state and batch, in f32 within RTOL/ATOL. The optimizer is set so the
+    update shows the gradients: Adam's first update is -lr * g / (|g| + eps), with lr = eps = 1 (no decay or
+    clipping) a one-to-one function of each gradient entry rather than nearly its sign."""
+    from exif_jax import sharding, train
+
+    if jax.device_count() < 8:
+        pytest.skip("needs 8 devices: XLA_FLAGS=--xla_force_host_platform_device_count=8")
+
+    def step_config(**model):
+        c = small_config(**model)
+        c.mesh.update(data=4, fsdp=2, fsdp_min_size=64)  # small arrays sharded too: the fsdp gathers run
+        c.data.global_batch_size = 8
+        c.optim.update(lr=1.0, eps=1.0, warmup_steps=1, weight_decay=0.0, clip_norm=0.0)
+        return c
+
+    knobs = step_config(attention="einsum", norm_dtype="float32", **{"image.remat": "dots", "text.remat": "full"})
+    knobs.loss.impl = "ring"
+    rng = np.random.default_rng(0)
+    host = {"image": np.asarray(images(8)), "tokens": np.asarray(tokens(8)),
+            "image_id": np.arange(8, dtype=np.int32), "text_id": rng.permutation(8).astype(np.int32)}
+    state0, results = None, []
+    for config in (step_config(), knobs):
+        mesh = sharding.make_mesh(config.mesh)
+        trainer = train.make_trainer(config, mesh, VOCAB)
+        if state0 is None:  # the knobs change no parameter: both steps start from one state
+            state0 = initial_state(trainer)
+        state = jax.device_put(state0, trainer.state_shardings)
+        batch = jax.device_put(host, sharding.batch_sharding(mesh))
+        step = trainer.train_step.lower(state, batch).compile(FAST_COMPILE)
+        new, metrics = step(state, batch)
+        update = jax.tree.map(lambda a, b: np.asarray(a) - np.asarray(b), jax.device_get(new["params"]),
+                              state0["params"])
+        results.append((float(metrics["loss"]), float(metrics["grad_norm"]), update))
+    (loss, norm, update), (want_loss, want_norm, want_update) = results
+    assert loss == pytest.approx(want_loss, rel=RTOL, abs=ATOL)
+    assert norm == pytest.approx(want_norm, rel=RTOL, abs=ATOL)
+    flat = lambda p: dict(jax.tree_util.tree_flatten_with_path(p)[0])  # noqa: E731
+    got, want = flat(update), flat(want_update)
+    assert got.keys() == want.keys() and max(np.abs(u).max() for u in want.values()) > 1e-3  # it moved
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=ATOL, err_msg=jax.tree_util.keystr(k))
