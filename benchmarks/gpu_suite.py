@@ -221,6 +221,7 @@ def main() -> int:
         row = best_setting(report["stages"].get(name, {}).get("rows", []))
         if row:
             report["best"][name] = {k: row[k] for k in ("setting", "overrides", "img_s", "mfu")}
+            report["best"][name]["config"] = report["stages"][name].get("config", f"configs/{name}.py")
     report["best"]["xla_flags"] = best_flags(report)
     Path(f"{stem}.json").write_text(json.dumps(report, indent=1, default=str))
     Path(f"{stem}.md").write_text(markdown(report))
@@ -228,7 +229,7 @@ def main() -> int:
         if name == "xla_flags":
             print(f"gpu_suite: XLA flags: {best}")
         else:
-            print(f"gpu_suite: fastest correct {name}: {best['img_s']:,.0f} img/s: configs/{name}.py "
+            print(f"gpu_suite: fastest correct {name}: {best['img_s']:,.0f} img/s: {best['config']} "
                   f"{' '.join('--config.' + o for o in best['overrides']) or '(the defaults)'}")
     print(f"gpu_suite: wrote {stem}.json, {stem}.md, {stem}.log")
     return 0 if all(s.get("status") in ("ok", "skipped") for s in report["stages"].values()) else 1
@@ -274,6 +275,13 @@ def _fmt(x, spec: str = ",.0f") -> str:
     return "-" if x is None or x != x else format(x, spec)
 
 
+def _cell(x) -> str:
+    """A table cell: floats to 3 significant digits (thousands whole, with commas), None as '-'."""
+    if isinstance(x, float):
+        return _fmt(x, ",.0f" if abs(x) >= 1000 else ".3g")
+    return "-" if x is None else str(x)
+
+
 def markdown(report: dict) -> str:
     """The report as markdown tables: one per stage, then the fastest correct settings."""
     d, v = report["device"], report["versions"]
@@ -306,15 +314,14 @@ def markdown(report: dict) -> str:
             keys = list(dict.fromkeys(k for r in rows for k in r))
             lines += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
             for r in rows:
-                lines.append("| " + " | ".join(_fmt(r.get(k), ",.3g") if isinstance(r.get(k), float)
-                                                else str(r.get(k, "-")) for k in keys) + " |")
+                lines.append("| " + " | ".join(_cell(r.get(k)) for k in keys) + " |")
         lines.append("")
     lines += ["## Fastest correct settings", ""]
     for name, best in report.get("best", {}).items():
         if name == "xla_flags":
             lines.append(f"- XLA flags: {best}")
         else:
-            lines.append(f"- {name}: {best['img_s']:,.0f} img/s (MFU {_fmt(best['mfu'], '.3f')}): "
+            lines.append(f"- {name}: {best['img_s']:,.0f} img/s (MFU {_fmt(best['mfu'], '.3f')}): `{best['config']}` "
                          f"`{' '.join('--config.' + o for o in best['overrides']) or 'the defaults'}`")
     tol = report["stages"].get("vit_b16", {}).get("tolerance")
     if tol:

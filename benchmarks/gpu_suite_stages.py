@@ -91,6 +91,7 @@ def train_stage(rec: Recorder, config_file: str, base: tuple, sweep: tuple, *, d
     opts = CPU_FAST_COMPILE if jax.devices()[0].platform == "cpu" else None
     path = str(ROOT / "configs" / config_file)
     rows, prepared = {}, {}
+    rec.data["config"] = " ".join([f"configs/{config_file}"] + [f"--config.{o}" for o in base])
     for overrides in sweep:
         label = ", ".join(overrides) or "default"
         row = rows[label] = rec.row({"kind": "ours", "setting": label, "overrides": list(overrides),
@@ -191,18 +192,15 @@ def peer_row(rec: Recorder, config, deadline: float, dry_run: bool) -> None:
     row = rec.row({"kind": "peer", "setting": "PyTorch peer (timm ViT-B/16 + torch.compile)", "overrides": [],
                    "status": "pending"})
     reason = None
-    if dry_run:
-        reason = "dry run (torch.compile of ViT-B/16 takes minutes on a CPU)"
-    elif config is None:
-        reason = "no default setting to match"
-    elif time.time() > deadline - 100:
-        reason = "budget (torch.compile needs ~1-2 min)"
-    else:
-        try:
-            import timm  # noqa: F401
-            import torch  # noqa: F401
-        except Exception as e:  # noqa: BLE001  (absent, or a torch/torchvision mismatch)
-            reason = f"torch/timm do not import: {error_text(e)}"
+    try:  # first, so that a dry run checks it too: a GPU image without them still runs the rest
+        import timm  # noqa: F401
+        import torch  # noqa: F401
+    except Exception as e:  # noqa: BLE001  (absent, or a torch/torchvision mismatch)
+        reason = f"torch/timm do not import: {error_text(e)}"
+    if reason is None:
+        reason = ("dry run (torch.compile of ViT-B/16 takes minutes on a CPU)" if dry_run else
+                  "no default setting to match" if config is None else
+                  "budget (torch.compile needs ~1-2 min)" if time.time() > deadline - 100 else None)
     if reason:
         row.update(status="skipped", error=reason)
         say(f"peer: {reason}")
