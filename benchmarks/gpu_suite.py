@@ -16,11 +16,14 @@ batch) equal the default's at that batch size within the tolerance of the comput
 Writes gpu_suite_<card>_<date>.json and .md (device, versions, date, every row) to --out and prints the
 fastest correct setting of each config as --config overrides, and the XLA flags that won.
 
-The one-shot run for a session that is lent a GPU (the device tool; ~8 min of its 15). In the repo root here:
+The one-shot run for a session that is lent a GPU (the device tool; ~8 min of its 15). In the root of the
+checkout the device tool sends (the session's own, not a helper's worktree):
+  echo /.whl/ >> .git/info/exclude
   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
     grain==0.2.18 array-record==0.8.6 ml-collections==1.1.0 portpicker==1.6.0 tensorboardX==2.6.5
-then one `run` with carry [".whl"] and timeout_s 600, command:
+(setup.py's pins; portpicker is grain's own dependency; ~4.6 MB, checked 2026-12-01) then one `run` with carry
+[".whl"] and timeout_s 600, command:
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl &&
   export PYTHONPATH=/tmp/site && (python3 -m pip install -q --no-index --no-deps --no-build-isolation . ||
   echo "package not installed: the suite runs from the source tree") &&

@@ -86,3 +86,13 @@ def test_the_dry_run_reports_device_versions_and_the_fastest_correct_setting(dry
     line = next(ln for ln in stdout.splitlines() if ln.startswith("gpu_suite: fastest correct vit_b16"))
     assert best["config"] in line and all(f"--config.{o}" in line for o in best["overrides"])
     assert f"jax {report['versions']['jax']}" in md and report["date"] in md and "| default |" in md
+
+
+def test_the_docstring_recipe_carries_setup_py_pins():
+    """The wheels the GPU recipe downloads are the versions setup.py pins (portpicker: grain's own dependency)."""
+    import re
+
+    pins = dict(re.findall(r'"([A-Za-z0-9_.-]+)==([^"]+)"', (REPO / "setup.py").read_text()))
+    wheels = dict(re.findall(r"\b([A-Za-z][A-Za-z0-9_.-]*)==(\S+)", gpu_suite.__doc__))
+    assert set(wheels) == {"grain", "array-record", "ml-collections", "portpicker", "tensorboardX"}
+    assert {k: v for k, v in wheels.items() if k != "portpicker"} == {k: pins[k] for k in wheels if k != "portpicker"}
