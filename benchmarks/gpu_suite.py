@@ -150,7 +150,7 @@ def best_setting(rows: list[dict]) -> dict | None:
 def main() -> int:
     """Run the stages, write the JSON and markdown, print the fastest correct settings."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=None, help="folder for the JSON, markdown and log (default "
+    ap.add_argument("-o", "--out", default=None, help="folder for the JSON, markdown and log (default "
                     "docs/measurements/; with --dry-run a temporary folder)")
     ap.add_argument("--dry-run", action="store_true", help="tiny shapes on the CPU: checks every stage runs")
     ap.add_argument("--budget", type=float, default=None, help="seconds for all stages (default 470; dry run 170)")

@@ -229,7 +229,8 @@ def localize_stage(rec: Recorder, *, dry_run: bool, deadline: float) -> None:
 
     import localize as bench
     from exif_jax import config as cfg
-    from exif_jax.eval.localize import localize_image, random_init_model
+    from exif_jax.eval.embedders import random_init_model
+    from exif_jax.eval.localize import localize_image
     from exif_jax.eval.patches import embed_patches, make_grid, model_embedder, replicate
 
     cpu = jax.devices()[0].platform == "cpu"

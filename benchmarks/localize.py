@@ -11,7 +11,6 @@ Run: .venv/bin/python benchmarks/localize.py [--patches 32] [--reps 2] [--full]
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import platform
 import time
@@ -21,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from exif_jax.eval import baselines, consensus as cons
-from exif_jax.eval.localize import random_init_model
+from exif_jax.eval.embedders import random_init_model
 from exif_jax.eval.patches import Grid, default_mesh, embed_patches, make_grid, model_embedder, replicate
 from exif_jax.models import resnet, towers, vit
 
@@ -47,19 +46,16 @@ def gemm_peak(n: int = 2048, reps: int = 3) -> float:
 
 
 def config_for(kind: str):
-    """configs/tiny.py grown into the ViT-B/16 ("vit") or ResNet-50 ("resnet") image tower at p=128, f32."""
-    spec = importlib.util.spec_from_file_location("tiny_cfg", os.path.join(ROOT, "configs", "tiny.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    c = mod.get_config()
-    c.data.crop_size = P
-    c.model.dtype = "float32"  # CPU: bf16 matmuls are not faster here
-    c.model.embed_dim = 512
-    if kind == "vit":
-        c.model.image.kind, c.model.image.variant = "vit", "B/16"
-    else:
-        c.model.image.kind, c.model.image.variant = "resnet", "50"
-    return c
+    """configs/tiny.py's text tower with a ViT-B/16 or ResNet-50 image tower, resolved like a training run."""
+    from exif_jax.config import load_config
+
+    sizes = ["model.image.width=None", "model.image.depth=None", "model.image.heads=None",
+             "model.image.mlp_dim=None", "model.image.patch=None"]  # tiny's explicit sizes would win over B/16
+    image = (["model.image.kind=vit", "model.image.variant=B/16"] + sizes if kind == "vit"
+             else ["model.image.kind=resnet", "model.image.variant=50", "model.image.width=None"])
+    return load_config(os.path.join(ROOT, "configs", "tiny.py"),
+                       [f"data.crop_size={P}", "model.dtype=float32",  # CPU: bf16 matmuls are not faster here
+                        "model.embed_dim=512", *image])
 
 
 def image_flops(c) -> float:

@@ -37,10 +37,11 @@ CASES = {"map": SIGLIP,
 def crops(size: int) -> np.ndarray:
     """Two native-resolution crops per bundled photo, as the training pipeline places them."""
     from exif_jax.data import pipeline
+    from exif_jax.data.crops import read_rgb
 
     rng = np.random.default_rng(0)
     paths = sorted(glob.glob(str(REPO / "exif_jax" / "assets" / "photos" / "*.jpg")))
-    return np.concatenate([pipeline.random_crops(pipeline.decode_rgb(Path(p).read_bytes(), p), 2, size, rng)[0]
+    return np.concatenate([pipeline.random_crops(read_rgb(p), 2, size, rng)[0]
                            for p in paths])
 
 
@@ -97,8 +98,7 @@ def main() -> int:
         return 2
     from flax import nnx
 
-    from exif_jax import checkpoint, train
-    from exif_jax.export.cli import read_workdir
+    from exif_jax import train, workdir
     from exif_jax.models import towers
     from exif_jax.tokenizer import Tokenizer
 
@@ -111,9 +111,7 @@ def main() -> int:
             randomize_batch_stats(model)
             worst = max(worst, compare(model, config, name, os.path.join(tmp, name)))
         if args.workdir:
-            config, ckpt_dir = read_workdir(args.workdir)
-            config.model.dtype = "float32"
-            model, step = checkpoint.load_model(config, ckpt_dir)
+            model, config, step = workdir.load_model(args.workdir, float32=True)
             worst = max(worst, compare(model, config, f"step {step}", os.path.join(tmp, "workdir")))
     return 0 if worst <= TOL else 1
 

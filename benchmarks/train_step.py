@@ -73,7 +73,7 @@ def random_state(trainer: train.Trainer, seed: int = 0) -> dict[str, Any]:
     """A state of the trainer's layout without compiling its init (which dominates small runs): weights drawn by
     numpy (exif_jax.eval.localize.random_weights), everything else zeros (AdamW's moments and counts start
     there too). For timing and for comparing settings from one starting point, not for training."""
-    from exif_jax.eval.localize import random_weights
+    from exif_jax.eval.embedders import random_weights
 
     state = {k: random_weights(v, seed) if k in ("params", "rest") else
              jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), v) for k, v in trainer.abstract_state.items()}

@@ -25,19 +25,26 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 
+def add_command(sub: argparse._SubParsersAction, name: str) -> tuple[argparse.ArgumentParser, object]:
+    """Import command `name`'s module (only it: jax and friends are slow to import) and add its parser, flags
+    included; returns (parser, module)."""
+    from exif_jax.cli_args import HelpFormatter
+
+    mod_name, _, help_ = COMMANDS[name]
+    mod = importlib.import_module(mod_name)
+    p = sub.add_parser(name, help=help_, description=f"exif-jax {name}: {help_}.", formatter_class=HelpFormatter)
+    mod.add_args(p)
+    return p, mod
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="exif-jax", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     if argv and argv[0] in COMMANDS:
-        # Import only the module that runs: jax and friends are slow to import.
-        name = argv[0]
-        mod_name, fn_name, help_ = COMMANDS[name]
-        mod = importlib.import_module(mod_name)
-        p = sub.add_parser(name, help=help_)
-        mod.add_args(p)
+        _, mod = add_command(sub, argv[0])
         args = parser.parse_args(argv)
-        return int(getattr(mod, fn_name)(args) or 0)
+        return int(getattr(mod, COMMANDS[argv[0]][1])(args) or 0)
     for name, (_, _, help_) in COMMANDS.items():
         sub.add_parser(name, help=help_)
     parser.parse_args(argv)

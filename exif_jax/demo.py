@@ -112,24 +112,25 @@ def splices(photos: Path, out: Path, n: int) -> None:
     print(f"    {json.dumps({k: v for k, v in s.items() if isinstance(v, (int, float, str))})[:200]} -> {out}")
 
 
-def evaluate(bench: Path, workdir: Path, out: Path, patch: int) -> dict:
-    """Learned vs classical vs random on the benchmark, same harness."""
+def evaluate(bench: Path, workdir: Path, out: Path) -> dict:
+    """Learned vs classical vs random on the benchmark, same harness (the checkpoint's crop size)."""
     from exif_jax.eval import evaluate as ev
-    return ev.run(f"folder:{bench}", str(out), checkpoint=str(workdir), all_methods=True, patch=patch,
+    return ev.run(f"folder:{bench}", str(out), checkpoint=str(workdir), all_methods=True,
                   progress=False)  # prints the table
 
 
 def export_and_check(workdir: Path, out: Path) -> dict:
     """Export to transformers, reload with SiglipModel, compare embeddings on real crops and EXIF texts."""
     from exif_jax.data import pipeline
-    from exif_jax.eval.localize import load_for_inference
+    from exif_jax import workdir as workdir_lib
+    from exif_jax.data.crops import read_rgb
     from exif_jax.export import cli as export_cli
     from exif_jax.export.parity import hf_parity
     export_cli.export(str(workdir), str(out), "hf")
-    model, config = load_for_inference(str(workdir))
+    model, config, _ = workdir_lib.load_model(str(workdir))
     rng = np.random.default_rng(0)
     files = sorted(PHOTOS.glob("*.jpg"))[:6]
-    crops = np.concatenate([pipeline.random_crops(pipeline.decode_rgb(p.read_bytes(), str(p)), 2,
+    crops = np.concatenate([pipeline.random_crops(read_rgb(p), 2,
                                                   int(config.data.crop_size), rng)[0] for p in files])
     texts = [exif.render_text(exif.read_tags(p), tag_order=tuple(config.exif.tags)) for p in files]
     r = hf_parity(model, config, str(out), crops, texts)
@@ -174,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     splices(out / "photos_test", out / "splices", n_splices)
     st.done()
     st.start("localize: learned vs classical (noise residuals) vs random, same consensus")
-    evaluate(out / "splices", out / "run", out / "eval", int(config.data.crop_size))
+    evaluate(out / "splices", out / "run", out / "eval")
     print(f"    heatmaps: {out / 'eval' / 'heatmaps'}")
     st.done()
     st.start("export to PyTorch (transformers SiglipModel) and check parity")

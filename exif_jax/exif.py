@@ -302,8 +302,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("files", nargs="+", help="photos (JPEG, TIFF, PNG, WebP)")
     parser.add_argument("--tags-all", action="store_true",
                         help="every tag read (dates, GPS, serials, names still left out)")
-    parser.add_argument("--max-value-len", type=int, default=40, help="characters kept per value")
-    parser.add_argument("--style", default="metadata_extractor", choices=sorted(STYLES))
+    parser.add_argument("--max-value-len", type=int, default=40, metavar="N", help="characters kept per value")
+    parser.add_argument("--style", default="metadata_extractor", choices=sorted(STYLES),
+                        help="value text: metadata_extractor's descriptions, or official (the paper code's "
+                             "refinements and tag order)")
 
 
 def cli_main(args: argparse.Namespace) -> int:

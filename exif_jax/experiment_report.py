@@ -143,8 +143,14 @@ def tokenizer_line(config: dict, timings: dict) -> str:
     stages = {s["name"]: shlex.split(s["cmd"]) for s in timings.get("stages", [])}
 
     def flag(name: str, f: str) -> str | None:
+        names = (f, "-o") if f == "--out" else (f,)  # -o/--out: one flag, two spellings
         cmd = stages.get(name, [])
-        return cmd[cmd.index(f) + 1] if f in cmd[:-1] else None
+        for i, a in enumerate(cmd):
+            if a in names and i + 1 < len(cmd):
+                return cmd[i + 1]
+            if a.startswith(f + "="):
+                return a[len(f) + 1:]
+        return None
 
     if flag("train-tokenizer", "--data") and flag("train-tokenizer", "--data") == flag("build-data-train", "--out"):
         return (f"Tokenizer: `{path}`, a sentencepiece model trained (stage train-tokenizer) on the records of "
@@ -159,9 +165,10 @@ def write_report(workdir: str, split_path: str, out: str, n_heatmaps: int = 4) -
     split = _load(split_path)
     if split is None:
         raise FileNotFoundError(f"{split_path}: split file not found (run the split step)")
-    config = _load(wd / "run" / "config.json")
-    if config is None:
-        raise FileNotFoundError(f"{wd / 'run' / 'config.json'}: no training run in {workdir}")
+    from exif_jax import workdir as workdir_lib
+
+    # The one workdir reader: the config upgraded to the current schema, presets resolved (what was built).
+    config = workdir_lib.read_config(str(wd / "run")).to_dict()
     rows = read_metrics(wd / "run" / "metrics.jsonl")
     plot_curves(rows, str(o / "training_curves.png"))
     summary = _train_summary(rows, config)

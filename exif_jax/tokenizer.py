@@ -240,14 +240,20 @@ def _read_list(list_file: str | None) -> list[str]:
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     """Flags of `exif-jax train-tokenizer`."""
+    from exif_jax import cli_args
+
     src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--images", help="folder of photos (recursive); texts from their EXIF")
-    src.add_argument("--list", dest="list_file", help="file with one photo path per line")
-    src.add_argument("--data", help="folder of ArrayRecord shards from build-data (their `text` field)")
-    src.add_argument("--texts", help="file with one EXIF text per line")
-    parser.add_argument("--out", required=True, help="output prefix: writes PREFIX.model and PREFIX.vocab")
-    parser.add_argument("--vocab-size", type=int, default=1000)
-    parser.add_argument("--config", help="config file: tag set, max_value_len and style (default: tiny's)")
+    src.add_argument("--images", metavar="DIR", help="folder of photos (recursive); texts from their EXIF")
+    src.add_argument("--list", dest="list_file", metavar="FILE", help="file with one photo path per line")
+    src.add_argument("--data", metavar="RECORDS",
+                     help="folder of ArrayRecord shards from build-data (their `text` field)")
+    src.add_argument("--texts", metavar="FILE", help="file with one EXIF text per line")
+    cli_args.add_out(parser, f"{BUNDLED_MODEL.stem}.model and {BUNDLED_MODEL.stem}.vocab (train with "
+                             f"--config.tokenizer.model=OUT/{BUNDLED_MODEL.stem}.model)")
+    parser.add_argument("--vocab-size", type=int, default=1000, metavar="N", help="pieces in the model")
+    parser.add_argument("--config", metavar="FILE",
+                        help="config file: its EXIF tag set (each label one piece) and, for photos, "
+                             "max_value_len and style (default: the schema's)")
 
 
 def cli_main(args: argparse.Namespace) -> int:
@@ -259,7 +265,8 @@ def cli_main(args: argparse.Namespace) -> int:
         tag_order, max_value_len, style = tuple(cfg.exif.tags), cfg.exif.max_value_len, cfg.exif.style
     texts = texts_from_source(images=args.images, list_file=args.list_file, data=args.data, texts=args.texts,
                               tag_order=tag_order, max_value_len=max_value_len, style=style)
-    path = train_tokenizer(texts, args.out, args.vocab_size, tag_names=tag_order)
+    path = train_tokenizer(texts, os.path.join(args.out, BUNDLED_MODEL.stem), args.vocab_size, tag_names=tag_order)
     tok = Tokenizer(path)
-    print(f"wrote {path} ({tok.vocab_size} pieces) from {len(texts)} texts")
+    print(f"wrote {path} ({tok.vocab_size} pieces) from {len(texts)} texts; train with "
+          f"--config.tokenizer.model={path}")
     return 0

@@ -355,13 +355,22 @@ def main(config_path: str, workdir: str, overrides: Sequence[str] = (), *, distr
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     """Flags of `exif-jax train`; any --config.a.b=v (or --config.a.b v) overrides a config value."""
-    parser.add_argument("--config", required=True, help="a Python config file (configs/*.py)")
-    parser.add_argument("--workdir", required=True, help="checkpoints, TensorBoard events, metrics.jsonl")
+    from exif_jax import cli_args
+
+    parser.add_argument("--config", required=True, metavar="FILE", help="a Python config file (configs/*.py)")
+    parser.add_argument("--workdir", required=True, metavar="WORKDIR",
+                        help="config.json, checkpoints (ckpt/), TensorBoard events (tb/), metrics.jsonl; rerun "
+                             "the same command to resume")
     parser.add_argument("--distributed", choices=("auto", "on", "off"), default="auto",
                         help="auto: explicit coordinator if given, else detect a TPU pod / SLURM job")
-    parser.add_argument("--coordinator", help="host:port of process 0 (env EXIF_JAX_COORDINATOR)")
-    parser.add_argument("--num-processes", type=int, help="(env EXIF_JAX_NUM_PROCESSES)")
-    parser.add_argument("--process-id", type=int, help="(env EXIF_JAX_PROCESS_ID)")
+    parser.add_argument("--coordinator", metavar="HOST:PORT",
+                        help="process 0's address (env EXIF_JAX_COORDINATOR); needs --num-processes, --process-id")
+    parser.add_argument("--num-processes", type=int, metavar="N",
+                        help="processes in the job, with --coordinator (env EXIF_JAX_NUM_PROCESSES)")
+    parser.add_argument("--process-id", type=int, metavar="I",
+                        help="this process's index, with --coordinator (env EXIF_JAX_PROCESS_ID)")
+    cli_args.add_note(parser, "--config.KEY=VALUE (or --config.KEY VALUE), any number of them: override a value "
+                              "of the config file, e.g. --config.train.steps=100 --config.data.train_dir=DATA")
     parser.set_defaults(config_overrides=[])
     original = parser.parse_known_args
 
@@ -391,6 +400,16 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 def cli_main(args: argparse.Namespace) -> int:
     """Run `main` with the parsed flags."""
+    given = [f for f, v in (("--coordinator", args.coordinator), ("--num-processes", args.num_processes),
+                            ("--process-id", args.process_id)) if v is not None]
+    if given and args.distributed == "off":  # flags that cannot apply are errors, not ignored
+        print(f"exif-jax train: {', '.join(given)} set up a multi-process job; --distributed off runs one "
+              "process: drop one or the other", file=sys.stderr)
+        return 2
+    if given and not (args.coordinator or os.environ.get(ENV_PREFIX + "COORDINATOR")):
+        print(f"exif-jax train: {', '.join(given)} only apply with --coordinator (or {ENV_PREFIX}COORDINATOR)",
+              file=sys.stderr)
+        return 2
     try:
         return main(args.config, args.workdir, args.config_overrides, distributed=args.distributed,
                     coordinator=args.coordinator, num_processes=args.num_processes, process_id=args.process_id)

@@ -15,7 +15,7 @@ def bundled_records(tmp_path_factory) -> str:
     from exif_jax import cli
 
     out = tmp_path_factory.mktemp("bundled_records")
-    rc = cli.main(["build-data", "--images", str(BUNDLED_PHOTOS), "--out", str(out), "--workers", "1", "--quiet"])
+    rc = cli.main(["build-data", "--images", str(BUNDLED_PHOTOS), "--out", str(out), "--workers", "1", "--no-progress"])
     assert rc == 0, "build-data failed on the bundled photos"
     return str(out)
 
@@ -30,7 +30,7 @@ def tiny_workdir(tmp_path_factory):
     from flax import nnx
 
     from exif_jax import checkpoint
-    from exif_jax.eval import localize
+    from exif_jax.eval.embedders import random_init_model
 
     spec = importlib.util.spec_from_file_location("tiny_cfg", REPO / "configs" / "tiny.py")
     mod = importlib.util.module_from_spec(spec)
@@ -38,7 +38,7 @@ def tiny_workdir(tmp_path_factory):
     config = mod.get_config()
     wd = tmp_path_factory.mktemp("tiny_run")
     (wd / "config.json").write_text(config.to_json(indent=2))
-    model = localize.random_init_model(config, seed=1)
+    model = random_init_model(config, seed=1)
     _, params, rest = nnx.split(model, nnx.Param, ...)
     mngr = checkpoint.make_manager(str(wd / "ckpt"), keep=1, async_save=False)
     mngr.save(3, args=ocp.args.Composite(model=ocp.args.StandardSave({"params": params, "rest": rest})))

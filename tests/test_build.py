@@ -368,7 +368,7 @@ def test_resume_after_sigkill(tmp_path):
     fifo = src / "fifo.jpg"
     os.mkfifo(fifo)
     cmd = [sys.executable, "-m", "exif_jax.cli", "build-data", "--images", str(src), "--out", str(out),
-           "--records-per-shard", "1", "--workers", "1", "--quiet"]
+           "--records-per-shard", "1", "--workers", "1", "--no-progress"]
     proc = subprocess.Popen(cmd, cwd=REPO, start_new_session=True, stderr=subprocess.PIPE)
     try:
         with open(fifo, "wb") as f:  # pass 1 hashes the FIFO once; pass 2 then blocks re-reading it
@@ -390,7 +390,7 @@ def test_resume_after_sigkill(tmp_path):
     fifo.unlink()
     fifo.write_bytes(content)  # same bytes, same name: same plan
     assert cli(["build-data", "--images", str(src), "--out", str(out), "--records-per-shard", "1",
-                "--workers", "2", "--quiet"]) == 0
+                "--workers", "2", "--no-progress"]) == 0
     after = _state(out)
     for name, st in before.items():
         assert after[name] == st, f"{name} was rewritten"
@@ -422,7 +422,7 @@ def test_yfcc_mode(tmp_path):
     tsv.write_text("\n".join(lines) + "\n")
     out = tmp_path / "out"
     assert cli(["build-data", "--yfcc-exif", str(tsv), "--yfcc-images", str(imgs), "--out", str(out),
-                "--workers", "1", "--quiet"]) == 0
+                "--workers", "1", "--no-progress"]) == 0
     s = json.loads((out / "summary.json").read_text())
     recs = check_consistent(out, s, src_of=lambda pid: imgs / f"{pid}.jpg")
     assert set(recs) == set(want)

@@ -157,3 +157,21 @@ def test_exif_edge_files_never_crash_the_rewrite():
         except NotFastPath:
             continue
         np.testing.assert_array_equal(full_decode(rw.data), full_decode(p.read_bytes()), err_msg=p.name)
+
+
+def test_one_rgb_rule_for_whole_photos_and_crops(tmp_path):
+    """read_rgb / decode_rgb (eval, features, make-splices) give exactly the pixels the trainer's crops cut,
+    for any mode Pillow reads; a file that cannot be used is a ValueError naming it."""
+    rgb = np.asarray(Image.effect_noise((40, 30), 60).convert("RGB"))
+    for mode, fmt in (("P", "PNG"), ("L", "JPEG"), ("RGB", "JPEG"), ("RGBA", "PNG")):
+        path = tmp_path / f"x_{mode}.{fmt.lower()}"
+        Image.fromarray(rgb).convert(mode).save(path, fmt)
+        whole = crops.read_rgb(path)
+        assert whole.dtype == np.uint8 and whole.shape == (30, 40, 3), mode
+        np.testing.assert_array_equal(whole, crops.decode_rgb(path.read_bytes(), str(path)))
+        np.testing.assert_array_equal(crops.crops_full(path.read_bytes(), [(3, 5)], 16, str(path))[0],
+                                      whole[3:19, 5:21])
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    for bad, why in (("missing.jpg", "no such file"), ("broken.jpg", "cannot decode image"), (".", "cannot read")):
+        with pytest.raises(ValueError, match=f"^{tmp_path / bad}: {why}"):
+            crops.read_rgb(tmp_path / bad)

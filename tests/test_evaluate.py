@@ -95,8 +95,8 @@ def test_eval_localize_all_methods(bench, tiny_workdir, tmp_path, capsys):
 
 
 def test_baseline_only_and_errors(bench, tmp_path):
-    rep = evaluate.run(f"folder:{bench}", str(tmp_path / "o"), baseline="random", patch=32, stride=16,
-                       max_images=3, show=0, progress=False)
+    rep = evaluate.run(f"folder:{bench}", str(tmp_path / "o"), baseline="random", crop_size=32, stride=16,
+                       limit=3, show=0, progress=False)
     assert tuple(rep["methods"]) == ("random",)
     assert rep["n_samples"] == 3 and not list((tmp_path / "o" / "heatmaps").iterdir())
     with pytest.raises(ValueError, match="needs --checkpoint"):
@@ -144,7 +144,7 @@ def test_paper_color_bug_wraps_the_learned_method_only(bench, tiny_workdir, tmp_
     assert np.abs(emb(embs["learned"], photo) - emb(plain["learned"], photo)).max() > 1e-3
     # The baselines keep the true pixels (a wrapped embedder says so in its name).
     assert [embs[m].name for m in ("classical", "random")] == [plain[m].name for m in ("classical", "random")]
-    with pytest.raises(ValueError, match="give --checkpoint"):
+    with pytest.raises(ValueError, match="--paper-color-bug .* give --checkpoint"):
         evaluate.build_embedders(None, baseline="noise", paper_color_bug=True)
     capsys.readouterr()
     assert cli.main(["eval-localize", "--dataset", f"folder:{bench}", "--out", str(tmp_path / "x"),

@@ -56,9 +56,11 @@ def test_report_says_which_texts_the_tokenizer_saw():
     from exif_jax.experiment_report import tokenizer_line
 
     timings = {"stages": [
-        {"name": "build-data-train", "cmd": "exif-jax build-data --list W/train.txt --out W/data_train"},
-        {"name": "train-tokenizer", "cmd": "exif-jax train-tokenizer --data W/data_train --out W/tok/sp"}]}
-    assert "train cameras only" in tokenizer_line({"tokenizer": {"model": "W/tok/sp.model"}}, timings)
+        {"name": "build-data-train", "cmd": "exif-jax build-data --list W/train.txt -o W/data_train"},
+        {"name": "train-tokenizer", "cmd": "exif-jax train-tokenizer --data W/data_train --out W/tok"}]}
+    assert "train cameras only" in tokenizer_line({"tokenizer": {"model": "W/tok/exif_sp.model"}}, timings)
     assert "test cameras included" in tokenizer_line({"tokenizer": {"model": ""}}, timings)
-    timings["stages"][1]["cmd"] = "exif-jax train-tokenizer --data W/data_all --out W/tok/sp"  # not the train side
-    assert "train cameras only" not in tokenizer_line({"tokenizer": {"model": "W/tok/sp.model"}}, timings)
+    timings["stages"][0]["cmd"] = "exif-jax build-data --list W/train.txt --out=W/data_train"
+    assert "train cameras only" in tokenizer_line({"tokenizer": {"model": "W/tok/exif_sp.model"}}, timings)
+    timings["stages"][1]["cmd"] = "exif-jax train-tokenizer --data W/data_all --out W/tok"  # not the train side
+    assert "train cameras only" not in tokenizer_line({"tokenizer": {"model": "W/tok/exif_sp.model"}}, timings)

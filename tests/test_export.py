@@ -22,6 +22,7 @@ from conftest import SIGLIP_OVERRIDES  # noqa: E402
 from exif_jax import cli, exif, train  # noqa: E402
 from exif_jax.config import VIT_SIZES  # noqa: E402
 from exif_jax.data import pipeline  # noqa: E402
+from exif_jax.data.crops import read_rgb  # noqa: E402
 from exif_jax.export import hf, parity, timm  # noqa: E402
 from exif_jax.tokenizer import BUNDLED_MODEL, Tokenizer  # noqa: E402
 
@@ -59,7 +60,7 @@ def texts_of(config) -> list[str]:
 def crops_of(size: int) -> np.ndarray:
     """Two native-resolution crops per bundled photo, placed as the training pipeline places them."""
     rng = np.random.default_rng(0)
-    out = [pipeline.random_crops(pipeline.decode_rgb(Path(p).read_bytes(), p), 2, size, rng)[0] for p in PHOTOS]
+    out = [pipeline.random_crops(read_rgb(p), 2, size, rng)[0] for p in PHOTOS]
     return np.concatenate(out)
 
 
@@ -89,13 +90,10 @@ def trained(trained_workdir, tmp_path_factory):
 
 
 def test_trained_checkpoint_matches_in_transformers(trained):
-    from exif_jax import checkpoint
-    from exif_jax.export.cli import read_workdir
+    from exif_jax import workdir
 
     wd, out = trained
-    config, ckpt_dir = read_workdir(wd)
-    config.model.dtype = "float32"
-    model, step = checkpoint.load_model(config, ckpt_dir)
+    model, config, step = workdir.load_model(wd, float32=True)
     assert step == 4
     assert model.b is not None and model.t is not None
     assert_parity(model, config, out)
@@ -307,8 +305,7 @@ def _n2p(w: np.ndarray, t: bool = True):
 def test_timm_npz_through_timm_conversions_reproduces_jax(trained):
     """CPU stand-in for timm: apply timm's conversions to the .npz (qkv concat, _n2p transposes), put the
     resulting timm-named tensors into the structurally identical SiglipVisionModel, compare with JAX."""
-    from exif_jax import checkpoint
-    from exif_jax.export.cli import read_workdir
+    from exif_jax import workdir
 
     wd, out = trained
     spec = json.loads(Path(out, timm.TIMM_JSON).read_text())
@@ -350,9 +347,7 @@ def test_timm_npz_through_timm_conversions_reproduces_jax(trained):
         sd[f"head.attention.in_proj_{kind}"] = torch.cat([sd.pop(f"head.attention.{n}_proj.{kind}") for n in "qkv"])
     sd["head.probe"] = _n2p(w[f"{pool}probe"], t=False)
 
-    config, ckpt_dir = read_workdir(wd)
-    config.model.dtype = "float32"
-    model, _ = checkpoint.load_model(config, ckpt_dir)
+    model, config, _ = workdir.load_model(wd, float32=True)
     vcfg = transformers.SiglipConfig.from_pretrained(out).vision_config
     vision = transformers.SiglipVisionModel(vcfg).eval()
     missing, unexpected = vision.load_state_dict(sd, strict=True)

@@ -75,16 +75,18 @@ def _embed_ref(model, x):
     return np.asarray(nnx.jit(lambda m, x: m.embed_image(x))(model, x))
 
 
-def test_load_for_inference(tiny_workdir):
+def test_workdir_load_model(tiny_workdir):
+    from exif_jax import workdir
+
     wd, model = tiny_workdir
-    loaded, config = localize.load_for_inference(str(wd))
-    assert config.data.crop_size == 32
+    loaded, config, step = workdir.load_model(str(wd))
+    assert config.data.crop_size == 32 and step == 3
     x = np.asarray(Image.open(PHOTOS[1]).convert("RGB"))[None, :32, :32]
     np.testing.assert_allclose(_embed_ref(loaded, x), _embed_ref(model, x), atol=1e-6)
-    loaded2, _ = localize.load_for_inference(str(wd / "ckpt"))  # the ckpt dir works too
+    loaded2, _, _ = workdir.load_model(str(wd / "ckpt"))  # the ckpt dir works too
     assert isinstance(loaded2, type(loaded))
     with pytest.raises(FileNotFoundError, match="config.json"):
-        localize.load_for_inference(str(wd.parent))
+        workdir.load_model(str(wd.parent))
     # The model embedder crops and batches like the numpy reference (bf16 compute: loose tolerance).
     photo = np.asarray(Image.open(PHOTOS[1]).convert("RGB"))[:80, :120]
     g = make_grid(80, 120, 32, stride=16)
@@ -105,7 +107,7 @@ def test_cli_localize_with_bad_files(trained_workdir, tmp_path, capsys):
     captured = capsys.readouterr()
     assert rc == 1
     assert f"{small}: 40x20 px is smaller than one 32x32 patch" in captured.err
-    assert f"{broken}: cannot decode as an image" in captured.err
+    assert f"{broken}: cannot decode image: OSError" in captured.err
     assert "2 of 4 photos failed" in captured.err
     lines = (out / "scores.jsonl").read_text().splitlines()
     assert len(lines) == 2 and [json.loads(x) for x in captured.out.splitlines()] == [json.loads(x) for x in lines]

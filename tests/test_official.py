@@ -306,9 +306,9 @@ def _torch_text(bert, ids: np.ndarray) -> np.ndarray:
 def test_imported_towers_match_pytorch(official):
     from flax import nnx
 
-    from exif_jax.eval.localize import load_for_inference
+    from exif_jax import workdir
 
-    model, config = load_for_inference(str(official["out"]))
+    model, config, _ = workdir.load_model(str(official["out"]))
     assert config.model.text.kind == "distilbert" and config.exif.style == "official"
     assert config.data.crop_size == 124 and np.allclose(config.model.image.mean, CLIP_MEAN, rtol=0, atol=1e-7)
     assert math.isclose(float(model.logit_scale()), math.exp(LOGIT_SCALE), rel_tol=1e-6)
@@ -368,11 +368,11 @@ def test_export_puts_the_paper_weights_back_into_stock_torch_classes(official, t
     torchvision-named tensors, bit for bit."""
     from safetensors.numpy import load_file
 
-    from exif_jax.eval.localize import load_for_inference
+    from exif_jax import workdir
     from exif_jax.export import parity
 
     out = tmp_path / "export"
-    assert cli.main(["export", "--checkpoint", str(official["out"]), "--out", str(out), "--format", "all"]) == 0
+    assert cli.main(["export", "--checkpoint", str(official["out"]), "-o", str(out), "--format", "all"]) == 0
     man = json.loads((out / "dual_encoder.json").read_text())
     assert (man["image"]["class"], man["text"]["class"], man["text"]["pool"]) == (
         "ResNetForImageClassification", "DistilBertModel", "mean")
@@ -386,7 +386,7 @@ def test_export_puts_the_paper_weights_back_into_stock_torch_classes(official, t
         if not k.endswith("num_batches_tracked"):  # a counter torch keeps; the export writes 0
             np.testing.assert_array_equal(got[k], v, err_msg=k)
 
-    model, config = load_for_inference(str(official["out"]))
+    model, config, _ = workdir.load_model(str(official["out"]))
     crops, texts = _crops(4), _exif_texts("official")
     r = parity.hf_parity(model, config, str(out), crops, texts)
     assert not any(r["loading_info"].values()), r["loading_info"]

@@ -16,6 +16,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from PIL import Image
 
 from exif_jax.data import build, pipeline, records
+from exif_jax.data import crops as crops_lib
 
 REPO = Path(__file__).parents[1]
 PHOTOS = sorted(glob.glob(str(REPO / "exif_jax" / "assets" / "photos" / "*.jpg")))
@@ -290,7 +291,7 @@ def test_bad_inputs_give_clear_errors(tmp_path, data_dir):
         pipeline.make_loader(make_config(data_dir, global_batch_size=7), ByteTokenizer(), seed=0,
                              process_index=0, process_count=2)
     with pytest.raises(ValueError, match=r"/photos/broken\.jpg: cannot decode"):
-        pipeline.decode_rgb(b"\xff\xd8 not really a jpeg", "/photos/broken.jpg")
+        crops_lib.decode_rgb(b"\xff\xd8 not really a jpeg", "/photos/broken.jpg")
 
 
 def test_worker_processes_real_tokenizer_and_restore(data_dir, tmp_path):

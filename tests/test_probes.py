@@ -89,7 +89,7 @@ def test_cli_probe(bundled_records, tiny_workdir, tmp_path):
     wd, _ = tiny_workdir
     out = tmp_path / "probe"
     rc = cli.main(["probe", "--checkpoint", str(wd), "--data", bundled_records, "--out", str(out),
-                   "--patches-per-photo", "4", "--steps", "50"])
+                   "--crops-per-photo", "4", "--train-steps", "50", "--no-progress"])
     assert rc == 0
     rep = json.loads((out / "probes.json").read_text())
     assert rep["photos"] == 18 and set(rep["tasks"]) == set(probes.TASKS)

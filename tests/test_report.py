@@ -34,7 +34,7 @@ def bench(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def eval_out(bench, tiny_workdir, tmp_path_factory):
-    """`exif-jax eval-localize --all-methods` on the bench (the tiny config's patch: 32)."""
+    """`exif-jax eval-localize --all-methods` on the bench (the tiny config's crop size: 32)."""
     out = tmp_path_factory.mktemp("eval")
     rc = cli.main(["eval-localize", "--dataset", f"folder:{bench}", "--checkpoint", str(tiny_workdir[0]),
                    "--out", str(out), "--all-methods", "--stride", "16", "--show", "0", "--no-progress"])
@@ -45,14 +45,14 @@ def eval_out(bench, tiny_workdir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def localize_out(bench, tmp_path_factory):
     """`exif-jax localize FOLDER --baseline noise` on a folder of 3 photos, a broken one and a text file.
-    (The bench's size, patch and stride: the compiled functions of eval_out's classical row are reused.)"""
+    (The bench's size, crop size and stride: the compiled functions of eval_out's classical row are reused.)"""
     folder = tmp_path_factory.mktemp("photos")
     for p in sorted((bench / "images").glob("*.png"))[:3]:
         shutil.copy(p, folder / p.name)
     (folder / "zz_broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
     (folder / "notes.txt").write_text("not a photo: not listed")
     out = tmp_path_factory.mktemp("localize")
-    rc = cli.main(["localize", str(folder), "--baseline", "noise", "--patch", "32", "--stride", "16",
+    rc = cli.main(["localize", str(folder), "--baseline", "noise", "--crop-size", "32", "--stride", "16",
                    "-o", str(out)])
     assert rc == 1  # the broken file
     return out
@@ -238,7 +238,7 @@ def test_localize_report_in_chromium(localize_out, browser):
 
 def test_single_photo_has_no_report_but_a_folder_has(bench, tmp_path):
     one = sorted((bench / "images").glob("*.png"))[0]
-    args = ["--baseline", "noise", "--patch", "32", "--stride", "16", "-o"]
+    args = ["--baseline", "noise", "--crop-size", "32", "--stride", "16", "-o"]
     assert cli.main(["localize", str(one), *args, str(tmp_path / "a")]) == 0
     assert not (tmp_path / "a" / "report.html").exists()  # one photo: its PNG is the result, as before
     (tmp_path / "f").mkdir()

@@ -61,7 +61,7 @@ def test_cli_retrieval(bundled_records, tiny_workdir, tmp_path):
     wd, _ = tiny_workdir
     out = tmp_path / "ret"
     assert cli.main(["retrieval", "--checkpoint", str(wd), "--data", bundled_records, "--out", str(out),
-                     "--patches-per-photo", "3"]) == 0
+                     "--crops-per-photo", "3"]) == 0
     rep = json.loads((out / "retrieval.json").read_text())
     assert rep["photos"] == 18 and rep["distinct_texts"] == 18 and set(rep["models"]) == {"learned", "random-init"}
     for dirs in rep["models"].values():

@@ -170,7 +170,7 @@ def test_skip_reasons_and_errors(tmp_path):
 
 
 def test_cli(tmp_path, capsys):
-    rc = cli(["make-splices", "--images", str(PHOTOS), "--out", str(tmp_path / "c"), "--n", "3", "--seed", "4",
+    rc = cli(["make-splices", "--images", str(PHOTOS), "--out", str(tmp_path / "c"), "--count", "3", "--seed", "4",
               "--size", "128x96", "--authentic-fraction", "0", "--no-progress"])
     assert rc == 0
     summary = json.loads(capsys.readouterr().out)

@@ -10,7 +10,7 @@ import optax
 import pytest
 from flax import nnx
 
-from exif_jax.eval.localize import random_init_model
+from exif_jax.eval.embedders import random_init_model
 from exif_jax.models import towers
 from test_models import VOCAB, images, tiny_config, tokens
 
@@ -133,7 +133,7 @@ def test_choices_this_backend_cannot_run_fail_by_name():
 def initial_state(trainer) -> dict:
     """A host state of the trainer's layout without compiling its init: weights from numpy, Adam's moments 0 and
     every count 1 (the schedule's count too: its lr at 0 is 0, at 1 it is past the 1-step warmup)."""
-    from exif_jax.eval.localize import random_weights
+    from exif_jax.eval.embedders import random_weights
 
     def zero_or_one(x):
         return np.ones(x.shape, x.dtype) if x.dtype == np.int32 and x.shape == () else np.zeros(x.shape, x.dtype)

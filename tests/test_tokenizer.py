@@ -111,11 +111,11 @@ def test_bundled_model_on_bundled_photos():
 def test_cli_train_tokenizer(tmp_path):
     texts = tmp_path / "texts.txt"
     texts.write_text("\n".join(synthetic_texts(100)) + "\n")
-    assert cli(["train-tokenizer", "--texts", str(texts), "--out", str(tmp_path / "t"), "--vocab-size", "200"]) == 0
-    assert Tokenizer(str(tmp_path / "t.model")).decode(Tokenizer(str(tmp_path / "t.model")).encode("Make: SONY")) \
-        == "Make: SONY"
+    assert cli(["train-tokenizer", "--texts", str(texts), "-o", str(tmp_path / "t"), "--vocab-size", "200"]) == 0
+    tok = Tokenizer(str(tmp_path / "t" / "exif_sp.model"))  # OUT/exif_sp.model, named like the bundled one
+    assert tok.decode(tok.encode("Make: SONY")) == "Make: SONY"
     assert cli(["train-tokenizer", "--images", str(PHOTOS), "--out", str(tmp_path / "p"), "--vocab-size", "300"]) == 0
-    tok = Tokenizer(str(tmp_path / "p.model"))
+    tok = Tokenizer(str(tmp_path / "p" / "exif_sp.model"))
     t = exif.render_text(exif.read_tags(str(PHOTOS / "Nikon_D70.jpg")))
     assert tok.decode(tok.encode(t)) == t or tok.length(t) > 64
 
@@ -127,7 +127,7 @@ def test_cli_train_tokenizer_from_built_data(tmp_path):
                         build.Settings(tag_order=tuple(exif.DEFAULT_TAGS)), workers=1, progress=False)
     assert cli(["train-tokenizer", "--data", str(out), "--out", str(tmp_path / "d"), "--vocab-size", "400",
                 "--config", str(PHOTOS.parents[2] / "configs" / "tiny.py")]) == 0
-    tok = Tokenizer(str(tmp_path / "d.model"), max_len=256)
+    tok = Tokenizer(str(tmp_path / "d" / "exif_sp.model"), max_len=256)
     for rec in build.read_records(str(out)):
         assert tok.decode(tok.encode(rec["text"])) == rec["text"]
 

@@ -408,31 +408,46 @@ def settings_from_config(config_path: str | None, min_size: int = 128) -> Settin
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     """Flags of `exif-jax build-data`."""
+    from exif_jax import cli_args
+
     src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--images", help="folder of photos (recursive; other files are counted, not read)")
-    src.add_argument("--list", dest="list_file", help="file with one photo path per line")
-    src.add_argument("--yfcc-exif", help="YFCC100M EXIF TSV (photo id + EXIF per line); needs --yfcc-images")
-    parser.add_argument("--yfcc-images", help="folder holding <photo_id>.jpg for each TSV line")
-    parser.add_argument("--out", required=True, help="output folder (re-run the same command to resume)")
+    src.add_argument("--images", metavar="DIR", help="folder of photos (recursive; other files are counted, not read)")
+    src.add_argument("--list", dest="list_file", metavar="FILE", help="file with one photo path per line")
+    src.add_argument("--yfcc-exif", metavar="TSV",
+                     help="YFCC100M EXIF TSV (photo id + EXIF per line); needs --yfcc-images")
+    parser.add_argument("--yfcc-images", metavar="DIR", help="folder holding <photo_id>.jpg for each --yfcc-exif line")
+    cli_args.add_out(parser, "records-*.array_record shards, their pixel files and sidecars, summary.json; re-run "
+                             "the same command to resume an interrupted build")
     n = parser.add_mutually_exclusive_group()
-    n.add_argument("--shards", type=int, help="number of shards")
-    n.add_argument("--records-per-shard", type=int, default=64, help="photos per shard when --shards is not given")
-    parser.add_argument("--workers", type=int, default=0, help="processes (0: all cores)")
-    parser.add_argument("--config", help="config file: EXIF tag set, max_value_len, style")
-    parser.add_argument("--min-size", type=int, default=128, help="skip photos whose shorter side is smaller")
+    n.add_argument("--shards", type=int, metavar="N", help="number of shards (default: from --records-per-shard)")
+    n.add_argument("--records-per-shard", type=int, default=64, metavar="N",
+                   help="photos per shard when --shards is not given")
+    parser.add_argument("--workers", type=int, default=0, metavar="N", help="processes (0: all cores)")
+    parser.add_argument("--config", metavar="FILE", help="config file: EXIF tag set, max_value_len, style")
+    parser.add_argument("--min-size", type=int, default=128, metavar="PX",
+                        help="skip photos whose shorter side is smaller")
     parser.add_argument("--keep-original", action="store_true",
                         help="also store each original file (the rewritten stream alone gives the same pixels)")
     parser.add_argument("--no-fast-path", action="store_true",
                         help="store original files only; every crop then decodes its whole photo")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    cli_args.add_progress(parser)
 
 
 def cli_main(args: argparse.Namespace) -> int:
     """Run `exif-jax build-data`."""
     pre: dict[str, list[str]] = {}
+    # Flags that cannot apply are errors, not silently ignored.
+    if args.yfcc_images and not args.yfcc_exif:
+        print("exif-jax build-data: --yfcc-images names the photos of a --yfcc-exif TSV; give --yfcc-exif too",
+              file=sys.stderr)
+        return 2
+    if args.keep_original and args.no_fast_path:
+        print("exif-jax build-data: --keep-original has nothing to add with --no-fast-path (which stores only the "
+              "original files): drop one of them", file=sys.stderr)
+        return 2
     if args.yfcc_exif:
         if not args.yfcc_images:
-            print("build-data: --yfcc-exif needs --yfcc-images DIR", file=sys.stderr)
+            print("exif-jax build-data: --yfcc-exif needs --yfcc-images DIR", file=sys.stderr)
             return 2
         items, pre = items_from_yfcc(args.yfcc_exif, args.yfcc_images)
     elif args.list_file:
@@ -442,7 +457,7 @@ def cli_main(args: argparse.Namespace) -> int:
     settings = dataclasses.replace(settings_from_config(args.config, min_size=args.min_size),
                                    keep_original=args.keep_original, fast_path=not args.no_fast_path)
     s = build_dataset(items, args.out, settings, num_shards=args.shards, records_per_shard=args.records_per_shard,
-                      workers=args.workers or None, progress=not args.quiet, pre_skipped=pre)
+                      workers=args.workers or None, progress=not args.no_progress, pre_skipped=pre)
     skipped = ", ".join(f"{r}={v['count']}" for r, v in s["skipped"].items()) or "none"
     whole = ", ".join(f"{r}={v['count']}" for r, v in s["fast_path"]["decoded_whole"].items()) or "none"
     print(f"{args.out}: kept {s['kept']} of {s['inputs']} in {len(s['shards'])} shards; skipped: {skipped}")

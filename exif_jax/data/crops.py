@@ -9,16 +9,19 @@ that. A 128-px crop of a 12-MP photo touches ~12x12 MCUs (~10-20 KB) instead of 
 
 Fallback (photos build-data could not rewrite): decode the whole stored JPEG and crop the PIL image,
 never a full-size array copy. Both paths give exactly the pixels of a full Pillow decode + crop.
+
+decode_rgb / read_rgb: a whole photo as RGB by the same rule (train and eval see the same pixels).
 """
 from __future__ import annotations
 
 import io
+import os
 import struct
 from collections.abc import Sequence
 from typing import TypedDict
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 
 class FastIndex(TypedDict):
@@ -114,20 +117,40 @@ def crops_fast(stream: memoryview | bytes, row_starts: np.ndarray, lengths: np.n
     return out
 
 
-def _decode(data: bytes, what: str) -> Image.Image:
+def _open_rgb(data: bytes, what: str) -> Image.Image:
+    """The one decode rule train and eval share: the stored pixels as RGB, no EXIF-orientation transpose (it
+    would move the sensor's pixel grid), no resampling; an error names `what` (the photo) and the reason."""
     try:
         im = Image.open(io.BytesIO(data))
-        # No EXIF-orientation transpose (it would move the sensor's pixel grid), no resampling.
         im.load()
         return im if im.mode == "RGB" else im.convert("RGB")
+    except UnidentifiedImageError:
+        raise ValueError(f"{what}: cannot decode image: not an image format Pillow reads") from None
     except Exception as e:  # PIL raises many types; the caller needs to know which photo broke
-        raise ValueError(f"{what}: cannot decode image: {e}") from e
+        raise ValueError(f"{what}: cannot decode image: {type(e).__name__}: {e}") from e
+
+
+def decode_rgb(data: bytes, what: str = "<bytes>") -> np.ndarray:
+    """Image bytes -> uint8 [H, W, 3] RGB at native resolution, as the trainer's crops see them."""
+    return np.asarray(_open_rgb(bytes(data), what))
+
+
+def read_rgb(path: str | os.PathLike) -> np.ndarray:
+    """A photo file -> uint8 [H, W, 3] RGB (decode_rgb); a missing or unreadable file is a ValueError naming it."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except OSError as e:  # a directory, no permission, an I/O error
+        raise ValueError(f"{path}: cannot read: {e.strerror or e}") from None
+    return decode_rgb(data, str(path))
 
 
 def crops_full(jpeg: memoryview | bytes, positions: Sequence[tuple[int, int]], size: int,
                what: str = "<bytes>") -> np.ndarray:
     """The same crops from one whole-photo decode (cropping the PIL image, no full-size array copy)."""
-    im = _decode(bytes(jpeg), what)
+    im = _open_rgb(bytes(jpeg), what)
     out = np.empty((len(positions), size, size, 3), np.uint8)
     for i, (y, x) in enumerate(positions):
         if y < 0 or x < 0 or y + size > im.height or x + size > im.width:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import gc
 import hashlib
-import io
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
@@ -25,7 +24,6 @@ import jax
 import ml_collections
 import numpy as np
 from jax.sharding import Mesh
-from PIL import Image
 
 from exif_jax.data import crops as crops_lib
 from exif_jax.data import mixing, records
@@ -56,18 +54,6 @@ def text_id(text: str) -> int:
     """Stable 31-bit id of an EXIF text (same text -> same id in every process and run)."""
     digest = hashlib.blake2b(text.encode("utf-8"), digest_size=4).digest()
     return int.from_bytes(digest, "little") & 0x7FFFFFFF
-
-
-def decode_rgb(data: bytes, path: str = "<bytes>") -> np.ndarray:
-    """Decode image bytes to uint8 [H, W, 3] at native resolution, without resizing or rotating."""
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            # No EXIF-orientation transpose: it would move the sensor's pixel grid.
-            if im.mode != "RGB":
-                im = im.convert("RGB")
-            return np.asarray(im)
-    except Exception as e:  # PIL raises many types; the caller needs to know which record broke.
-        raise ValueError(f"{path}: cannot decode image: {e}") from e
 
 
 def crop_positions(height: int, width: int, k: int, size: int, rng: np.random.Generator) -> np.ndarray:

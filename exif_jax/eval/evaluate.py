@@ -1,10 +1,10 @@
 """Splice benchmark evaluation: `exif-jax eval-localize --dataset KIND:PATH --checkpoint DIR --out DIR`.
 
-Every method runs in the same harness over every image: the same patch size (the checkpoint's crop size;
---patch without a checkpoint), grid, consensus and metrics, so their rows compare like with like.
+Every method runs in the same harness over every image: the same crop size (the checkpoint's; --crop-size
+without a checkpoint), grid, consensus and metrics, so their rows compare like with like (embedders.py).
   learned    the checkpoint's image tower
   classical  hand-made noise-residual statistics (baselines.noise_embedder)
-  random     random features per patch: the chance level of every metric
+  random     random features per crop: the chance level of every metric
 Outputs in OUT: metrics.md / metrics.json (rows method x {spliced only, all images}; localization columns
 from metrics.summarize, detection AP / ROC-AUC for each detection score the localizer emits: score_mean is
 the paper's, score_ms and score_ncut the consensus alternatives), per_image.csv (one row per method and
@@ -40,44 +40,43 @@ _LOC_COLUMNS = (("ap", "p-mAP"), ("ciou", "cIoU"), ("mcc", "MCC"), ("f1", "F1"),
                 ("mcc@0.5", "MCC@0.5"), ("f1@0.5", "F1@0.5"))
 
 
-def build_embedders(checkpoint: str | None, baseline: str | None = None, all_methods: bool = False,
-                    patch: int = 128, step: int | None = None,
-                    paper_color_bug: bool = False) -> dict[str, PatchEmbedder]:
-    """method name -> embedder: learned (given a checkpoint), the --baseline one, or all three; paper_color_bug:
-    the learned one is fed the paper evaluator's colour-wrapped patches (the baselines see the true pixels)."""
-    from exif_jax.eval import baselines
-    from exif_jax.eval.localize import load_for_inference
-    from exif_jax.eval.patches import model_embedder, replicate, with_paper_color_bug
+def method_kinds(checkpoint: str | None, baseline: str | None = None, all_methods: bool = False,
+                 crop_size: int | None = None, step: int | None = None, paper_color_bug: bool = False) -> list[str]:
+    """The embedder kinds (embedders.KINDS) these flags ask for; flags that cannot apply are a ValueError."""
+    from exif_jax.eval.embedders import check_sources
 
-    out: dict[str, PatchEmbedder] = {}
-    if checkpoint:
-        model, config = load_for_inference(checkpoint, step)
-        patch = int(config.data.crop_size)  # every method on the learned model's grid
-        out["learned"] = model_embedder(model, patch, name=f"model:{checkpoint}")
-        if paper_color_bug:
-            out["learned"] = with_paper_color_bug(out["learned"])
-    elif all_methods:
+    check_sources(checkpoint=checkpoint, step=step, crop_size=crop_size, paper_color_bug=paper_color_bug)
+    if all_methods and not checkpoint:
         raise ValueError("--all-methods needs --checkpoint (the learned row)")
-    elif paper_color_bug:
-        raise ValueError("--paper-color-bug changes what a --checkpoint's image tower is fed; give --checkpoint")
     if baseline not in (None, *BASELINE_METHOD):
         raise ValueError(f"baseline must be one of {tuple(BASELINE_METHOD)}, got {baseline!r}")
-    if baseline == "noise" or all_methods:
-        out["classical"] = baselines.noise_embedder(patch)
-    if baseline == "random" or all_methods:
-        out["random"] = baselines.random_embedder(patch)
-    if not out:
-        raise ValueError("nothing to evaluate: give --checkpoint DIR and/or --baseline noise|random")
-    return {k: replicate(v) for k, v in out.items()}
+    kinds = (["learned"] if checkpoint else []) + [b for b in BASELINE_METHOD if all_methods or b == baseline]
+    if not kinds:
+        raise ValueError("nothing to evaluate: give --checkpoint WORKDIR and/or --baseline noise|random")
+    return kinds
 
 
-def pick(samples: Sequence[Any], max_images: int | None) -> list[Any]:
-    """At most max_images samples, evenly spaced (benchmarks list authentic and spliced in blocks)."""
-    if max_images is None or max_images >= len(samples):
+def build_embedders(checkpoint: str | None, baseline: str | None = None, all_methods: bool = False,
+                    crop_size: int | None = None, step: int | None = None,
+                    paper_color_bug: bool = False) -> dict[str, PatchEmbedder]:
+    """method name -> embedder: learned (given a checkpoint), the --baseline one, or all three, all on the
+    learned model's crop size (else crop_size); paper_color_bug: the learned one is fed the paper evaluator's
+    colour-wrapped crops (the baselines see the true pixels)."""
+    from exif_jax.eval.embedders import make_embedders
+
+    kinds = method_kinds(checkpoint, baseline, all_methods, crop_size, step, paper_color_bug)
+    built = make_embedders(kinds, checkpoint=checkpoint, step=step, crop_size=crop_size,
+                           paper_color_bug=paper_color_bug)
+    return {BASELINE_METHOD.get(k, k): e for k, e in built.embedders.items()}
+
+
+def pick(samples: Sequence[Any], limit: int | None) -> list[Any]:
+    """At most `limit` samples, evenly spaced (benchmarks list authentic and spliced in blocks)."""
+    if limit is None or limit >= len(samples):
         return list(samples)
-    if max_images < 1:
-        raise ValueError(f"max_images must be >= 1, got {max_images}")
-    return [samples[i] for i in np.unique(np.linspace(0, len(samples) - 1, max_images).round().astype(int))]
+    if limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {limit}")
+    return [samples[i] for i in np.unique(np.linspace(0, len(samples) - 1, limit).round().astype(int))]
 
 
 class _Extremes:
@@ -132,8 +131,9 @@ def evaluate(samples: Sequence[Any], embedders: Mapping[str, PatchEmbedder], out
 
     from exif_jax.eval import report as html_report
     from exif_jax.eval.datasets import load_mask
+    from exif_jax.data.crops import read_rgb
     from exif_jax.eval.features import write_report
-    from exif_jax.eval.localize import localize_image, read_photo
+    from exif_jax.eval.localize import localize_image
 
     os.makedirs(os.path.join(out_dir, "heatmaps"), exist_ok=True)
     records: dict[str, list[dict[str, Any]]] = {m: [] for m in embedders}
@@ -147,12 +147,12 @@ def evaluate(samples: Sequence[Any], embedders: Mapping[str, PatchEmbedder], out
         for sample in bar:
             path = str(sample.image_path)
             try:
-                image = read_photo(path)
+                image = read_rgb(path)
                 mask = load_mask(sample, image.shape[:2]) if sample.mask_path or not sample.label else None
                 locs = {m: localize_image(image, e, consensus=consensus, stride=stride, num_per_dim=num_per_dim,
                                           batch=batch) for m, e in embedders.items()}
-            except ValueError as e:  # PhotoError, PhotoTooSmall, too many cells, unreadable mask
-                failed.append({"name": sample.name, "path": path, "reason": str(e)})
+            except ValueError as e:  # unreadable photo or mask, PhotoTooSmall, too many cells
+                failed.append({"name": sample.name, "path": path, "reason": str(e).removeprefix(f"{path}: ")})
                 bar.set_postfix(failed=len(failed))
                 continue
             values: dict[str, dict[str, Any]] = {}
@@ -188,7 +188,7 @@ def _write_html(report: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
 
     n_ok = report["n_samples"] - report["n_failed"]
     meta = [("dataset", report["dataset"]), ("consensus", report["consensus"]),
-            ("patch", str(next(iter(embedders.values())).patch_size)),
+            ("crop size", f"{next(iter(embedders.values())).patch_size} px"),
             ("images", f"{n_ok} evaluated ({sum(r['label'] for r in rows)} spliced), {report['n_failed']} failed")]
     return html_report.write_html(
         os.path.join(out_dir, "report.html"), title=f"exif-jax eval-localize: {report['dataset']}",
@@ -197,14 +197,14 @@ def _write_html(report: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
 
 
 def _write_heatmaps(extremes: Mapping[str, _Extremes], out_dir: str) -> list[str]:
-    from exif_jax.eval.localize import read_photo
+    from exif_jax.data.crops import read_rgb
 
     written = []
     for m, ex in extremes.items():
         for kind, items in (("best", ex.best()), ("worst", ex.worst())):
             for rank, (ap, (sample, score_map, mask)) in enumerate(items, 1):
                 path = os.path.join(out_dir, "heatmaps", f"{m}_{kind}{rank}_{Path(sample.name).name}.png")
-                _plot(path, read_photo(str(sample.image_path)), mask, score_map,
+                _plot(path, read_rgb(sample.image_path), mask, score_map,
                       f"{m}: {sample.name} ({kind} {rank}), per-image AP {ap:.3f}")
                 written.append(path)
     return written
@@ -266,42 +266,53 @@ def to_markdown(report: Mapping[str, Any]) -> str:
 
 
 def run(dataset: str, out_dir: str, *, checkpoint: str | None = None, baseline: str | None = None,
-        all_methods: bool = False, max_images: int | None = None, patch: int = 128, step: int | None = None,
-        paper_color_bug: bool = False, **kwargs: Any) -> dict[str, Any]:
+        all_methods: bool = False, limit: int | None = None, crop_size: int | None = None, step: int | None = None,
+        paper_color_bug: bool = False, stride: int | None = None, num_per_dim: int | None = None,
+        **kwargs: Any) -> dict[str, Any]:
     """Load the benchmark and the methods, then `evaluate`."""
+    from exif_jax.cli_args import check_grid
     from exif_jax.eval.datasets import load_dataset
 
-    samples = pick(load_dataset(dataset), max_images)
-    embedders = build_embedders(checkpoint, baseline, all_methods, patch, step, paper_color_bug)
-    return evaluate(samples, embedders, out_dir, dataset=dataset, **kwargs)
+    check_grid(stride, num_per_dim)
+    method_kinds(checkpoint, baseline, all_methods, crop_size, step, paper_color_bug)  # flags before files
+    samples = pick(load_dataset(dataset), limit)
+    embedders = build_embedders(checkpoint, baseline, all_methods, crop_size, step, paper_color_bug)
+    return evaluate(samples, embedders, out_dir, dataset=dataset, stride=stride,
+                    num_per_dim=NUM_PER_DIM if num_per_dim is None else num_per_dim, **kwargs)
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     """Flags of `exif-jax eval-localize`."""
+    from exif_jax import cli_args
     from exif_jax.eval.consensus import CONSENSUS
+    from exif_jax.eval.datasets import LOADERS
+    from exif_jax.eval.embedders import DEFAULT_CROP_SIZE
 
-    parser.add_argument("--dataset", required=True, help="KIND:PATH (kinds: see exif_jax/eval/datasets.py)")
-    parser.add_argument("--checkpoint", help="trainer workdir (config.json + ckpt/): the learned method")
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--baseline", choices=tuple(BASELINE_METHOD), help="also (or only) run this baseline")
-    parser.add_argument("--all-methods", action="store_true", help="learned + classical (noise) + random")
-    parser.add_argument("--consensus", choices=CONSENSUS, default="meanshift")
-    parser.add_argument("--max-images", type=int, help="evaluate this many images, evenly spaced over the list")
-    parser.add_argument("--stride", type=int, help="patch stride in px (default: the paper's)")
-    parser.add_argument("--num-per-dim", type=int, default=NUM_PER_DIM)
-    parser.add_argument("--batch", type=int, default=256, help="patches per device batch (all devices)")
-    parser.add_argument("--patch", type=int, default=128, help="baseline patch size without --checkpoint")
-    parser.add_argument("--step", type=int, help="checkpoint step (default: newest)")
-    parser.add_argument("--show", type=int, default=3, help="heatmaps of this many best and worst images")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--dataset", required=True, metavar="KIND:PATH",
+                        help=f"the benchmark; KIND: {', '.join(LOADERS)} (folder: what `exif-jax make-splices` "
+                             "writes)")
+    cli_args.add_model_source(parser, tuple(BASELINE_METHOD))
+    parser.add_argument("--all-methods", action="store_true",
+                        help="learned (--checkpoint) + classical (noise) + random, one row each")
+    cli_args.add_crop_size(parser, DEFAULT_CROP_SIZE)
+    cli_args.add_out(parser, "metrics.md / metrics.json (rows method x {spliced only, all images}), per_image.csv, "
+                             "heatmaps/ (best and worst images), report.html (every image, sortable) + report_files/")
+    cli_args.add_limit(parser, "evenly spaced over the benchmark's list (it lists authentic and spliced images "
+                               "in blocks)")
+    cli_args.add_grid(parser, CONSENSUS, NUM_PER_DIM)
+    parser.add_argument("--show", type=int, default=3, metavar="N",
+                        help="heatmaps of this many best and worst images per method")
     parser.add_argument("--paper-color-bug", action="store_true", help=PAPER_COLOR_BUG_HELP)
+    cli_args.add_progress(parser)
+    cli_args.add_note(parser, "Methods: --checkpoint gives the learned row, --baseline adds (or alone is) one "
+                              "baseline row, --all-methods all three; every method runs on the same crop grid.")
 
 
 def cli_main(args: argparse.Namespace) -> int:
     """Run `run` with the parsed flags."""
     try:
         run(args.dataset, args.out, checkpoint=args.checkpoint, baseline=args.baseline,
-            all_methods=args.all_methods, max_images=args.max_images, patch=args.patch, step=args.step,
+            all_methods=args.all_methods, limit=args.limit, crop_size=args.crop_size, step=args.step,
             consensus=args.consensus, stride=args.stride, num_per_dim=args.num_per_dim, batch=args.batch,
             show=args.show, progress=not args.no_progress, paper_color_bug=args.paper_color_bug)
     except (FileNotFoundError, ValueError) as e:

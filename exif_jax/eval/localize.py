@@ -33,10 +33,6 @@ REPORT_COLUMNS = (("score_mean", "mean", "detection score_mean (the paper's): hi
 MAX_CELLS = 4096  # the (cells x cells) vote table and mean shift are O(cells^2) memory, O(cells^3) time
 
 
-class PhotoError(ValueError):
-    """A photo that cannot be decoded."""
-
-
 @dataclasses.dataclass
 class Localization:
     """One photo's result: `map` [H, W] f32 is the chosen consensus map (high = suspect)."""
@@ -45,63 +41,6 @@ class Localization:
     scores: dict[str, float]     # score (= score_mean, the paper's), score_mean, score_ms, score_ncut
     grid: Grid
     consensus: str
-
-
-def load_for_inference(workdir_or_ckpt: str, step: int | None = None) -> tuple[Any, Any]:
-    """(model in eval mode, config) from a trainer workdir (WORKDIR/config.json + WORKDIR/ckpt) or its ckpt dir."""
-    from exif_jax import workdir
-
-    model, config, _ = workdir.load_model(workdir_or_ckpt, step)
-    return model, config
-
-
-def random_init_model(config: Any, vocab_size: int | None = None, seed: int = 0) -> Any:
-    """A DualTower with random weights filled in from numpy (no per-initializer dispatch or compile: fast for
-    big towers; for timing and tests only). Scales/variances 1, biases/means 0, kernels N(0, 1/fan_in)."""
-    from flax import nnx
-
-    from exif_jax.models import towers
-    from exif_jax.tokenizer import vocab_size_of
-
-    if vocab_size is None:
-        vocab_size = vocab_size_of(config)
-    abstract = nnx.eval_shape(lambda: towers.create_model(config, vocab_size, nnx.Rngs(0)))
-    graphdef, state = nnx.split(abstract)
-    return nnx.merge(graphdef, random_weights(state, seed))
-
-
-def random_weights(state: Any, seed: int = 0) -> Any:
-    """`state` (a model's nnx state, arrays or shapes) with every leaf drawn by numpy as random_init_model says."""
-    import jax
-    import jax.numpy as jnp
-
-    rng = np.random.default_rng(seed)
-
-    def fill(path, x):
-        name = [str(k.key) for k in path if hasattr(k, "key")][-1]  # the last dict key (then .value)
-        if name in ("scale", "var"):
-            v = np.ones(x.shape)
-        elif name in ("bias", "mean") or x.ndim == 0:
-            v = np.zeros(x.shape)
-        else:
-            v = rng.normal(0, 1 / np.sqrt(max(int(np.prod(x.shape[:-1])), 1)), x.shape)
-        return jnp.asarray(v, x.dtype)
-
-    return jax.tree_util.tree_map_with_path(fill, state)
-
-
-def read_photo(path: str) -> np.ndarray:
-    """uint8 [H, W, 3] RGB pixels as stored (no EXIF rotation: the sensor / JPEG grid is the evidence)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return np.asarray(im.convert("RGB"), np.uint8)
-    except FileNotFoundError:
-        raise PhotoError("no such file") from None
-    except Exception as e:  # PIL raises many types for a broken file
-        raise PhotoError(f"cannot decode as an image ({type(e).__name__}: {e})") from None
 
 
 @functools.lru_cache(maxsize=64)
@@ -183,11 +122,12 @@ def expand_photos(paths: Sequence[str]) -> list[str]:
 
 def localize_files(paths: Sequence[str], embedder: PatchEmbedder, out_dir: str, *, consensus: str = "meanshift",
                    stride: int | None = None, num_per_dim: int = NUM_PER_DIM, batch: int = 256,
-                   report: bool | None = None) -> int:
+                   report: bool | None = None, progress: bool = True) -> int:
     """Localize each photo into out_dir (PNG, .npy, a scores.jsonl line) and, with report (default: more
     than one photo), out_dir/report.html; 1 if any photo failed, else 0."""
     from tqdm import tqdm
 
+    from exif_jax.data.crops import read_rgb
     from exif_jax.eval import report as html_report
     from exif_jax.eval.baselines import BASELINE_METHOD
 
@@ -196,14 +136,15 @@ def localize_files(paths: Sequence[str], embedder: PatchEmbedder, out_dir: str, 
     method = BASELINE_METHOD.get(embedder.name, "learned")  # the embedder's name says which kind it is
     failed, stems, rows = [], set(), []
     with open(os.path.join(out_dir, "scores.jsonl"), "a") as jf:
-        for path in tqdm(paths, desc="localize", unit="photo", file=sys.stderr):
+        for path in tqdm(paths, desc="localize", unit="photo", file=sys.stderr, disable=not progress):
             try:
-                image = read_photo(path)
+                image = read_rgb(path)  # its errors name the photo
                 loc = localize_image(image, embedder, consensus=consensus, stride=stride,
                                      num_per_dim=num_per_dim, batch=batch)
-            except ValueError as e:  # PhotoError, PhotoTooSmall, too many cells
-                tqdm.write(f"exif-jax localize: {path}: {e}", file=sys.stderr)
-                failed.append((path, str(e)))
+            except ValueError as e:  # unreadable, PhotoTooSmall, too many cells
+                reason = str(e).removeprefix(f"{path}: ")
+                tqdm.write(f"exif-jax localize: {path}: {reason}", file=sys.stderr)
+                failed.append((path, reason))
                 continue
             stem, k = Path(path).stem, 1
             while stem in stems:  # same name from two folders
@@ -225,7 +166,7 @@ def localize_files(paths: Sequence[str], embedder: PatchEmbedder, out_dir: str, 
                              "map_hrefs": {method: html_report.relative_href(png, out_dir)},
                              "values": {method: {k: loc.scores[k] for k, _, _ in REPORT_COLUMNS}}})
     if report:
-        meta = [("consensus", consensus), ("patch", str(embedder.patch_size)),
+        meta = [("consensus", consensus), ("crop size", f"{embedder.patch_size} px"),
                 ("photos", f"{len(rows)} localized, {len(failed)} failed"),
                 ("per photo", "full-size map PNG, raw .npy map and a scores.jsonl line in this folder")]
         html = html_report.write_html(
@@ -239,52 +180,49 @@ def localize_files(paths: Sequence[str], embedder: PatchEmbedder, out_dir: str, 
 
 
 def run(photos: Sequence[str], out_dir: str, *, checkpoint: str | None = None, baseline: str | None = None,
-        patch: int = 128, step: int | None = None, paper_color_bug: bool = False, **kwargs: Any) -> int:
-    """Build the embedder (a trained checkpoint, or a baseline at patch size `patch`) and localize the photos;
-    paper_color_bug: feed the checkpoint's image tower the paper evaluator's colour-wrapped patches."""
-    from exif_jax.eval import baselines
-    from exif_jax.eval.patches import model_embedder, replicate, with_paper_color_bug
+        crop_size: int | None = None, step: int | None = None, paper_color_bug: bool = False,
+        stride: int | None = None, num_per_dim: int | None = None, **kwargs: Any) -> int:
+    """Build the embedder (a trained checkpoint, or a baseline at `crop_size`) and localize the photos;
+    paper_color_bug: feed the checkpoint's image tower the paper evaluator's colour-wrapped crops."""
+    from exif_jax.cli_args import check_grid
+    from exif_jax.eval.embedders import make_embedders
 
-    if paper_color_bug and baseline is not None:
-        raise ValueError("--paper-color-bug changes what a --checkpoint's image tower is fed; not for a --baseline")
-    if baseline == "noise":
-        embedder = baselines.noise_embedder(patch)
-    elif baseline == "random":
-        embedder = baselines.random_embedder(patch)
-    elif baseline is None and checkpoint:
-        model, config = load_for_inference(checkpoint, step)
-        embedder = model_embedder(model, int(config.data.crop_size), name=f"model:{checkpoint}")
-        if paper_color_bug:
-            embedder = with_paper_color_bug(embedder)
-    else:
-        raise ValueError("give --checkpoint DIR or --baseline noise|random")
+    if (checkpoint is None) == (baseline is None):
+        raise ValueError("give --checkpoint WORKDIR or --baseline noise|random (one of them)")
+    check_grid(stride, num_per_dim)
+    kind = baseline or "learned"
+    embedder = make_embedders([kind], checkpoint=checkpoint, step=step, crop_size=crop_size,
+                              paper_color_bug=paper_color_bug).embedders[kind]
     files = expand_photos(photos)
     report = len(files) > 1 or any(Path(p).is_dir() for p in photos)
-    return localize_files(files, replicate(embedder), out_dir, report=report, **kwargs)
+    return localize_files(files, embedder, out_dir, report=report, stride=stride,
+                          num_per_dim=NUM_PER_DIM if num_per_dim is None else num_per_dim, **kwargs)
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     """Flags of `exif-jax localize`."""
-    parser.add_argument("photos", nargs="+", help="photos or folders of photos to localize")
-    src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="trainer workdir (config.json + ckpt/) or its ckpt directory")
-    src.add_argument("--baseline", choices=("noise", "random"), help="a non-learned embedder instead")
-    parser.add_argument("--step", type=int, help="checkpoint step (default: newest)")
-    parser.add_argument("--patch", type=int, default=128, help="patch size of a --baseline (default 128)")
-    parser.add_argument("-o", "--out", required=True, help="output directory")
-    parser.add_argument("--consensus", choices=cons.CONSENSUS, default="meanshift")
-    parser.add_argument("--stride", type=int, help="patch stride in px (default: (max(H,W) - p) // 30)")
-    parser.add_argument("--num-per-dim", type=int, default=NUM_PER_DIM, help="patches along the long side")
-    parser.add_argument("--batch", type=int, default=256, help="patches per device batch (all devices)")
+    from exif_jax import cli_args
+    from exif_jax.eval.baselines import BASELINE_METHOD
+    from exif_jax.eval.embedders import DEFAULT_CROP_SIZE
+
+    parser.add_argument("photos", nargs="+", help="photos or folders of photos (not their subfolders)")
+    cli_args.add_model_source(parser, tuple(BASELINE_METHOD), exclusive=True)
+    cli_args.add_crop_size(parser, DEFAULT_CROP_SIZE)
+    cli_args.add_out(parser, "per photo <stem>.png (the map over the photo), <stem>.npy (the raw [H, W] map: "
+                             "high = inconsistent with most of the photo) and a line of scores.jsonl (also on "
+                             "stdout); report.html for a folder or several photos")
+    cli_args.add_grid(parser, cons.CONSENSUS, NUM_PER_DIM)
     parser.add_argument("--paper-color-bug", action="store_true", help=PAPER_COLOR_BUG_HELP)
+    cli_args.add_progress(parser)
 
 
 def cli_main(args: argparse.Namespace) -> int:
     """Run `run` with the parsed flags."""
     try:
-        return run(args.photos, args.out, checkpoint=args.checkpoint, baseline=args.baseline, patch=args.patch,
-                   step=args.step, consensus=args.consensus, stride=args.stride, num_per_dim=args.num_per_dim,
-                   batch=args.batch, paper_color_bug=args.paper_color_bug)
+        return run(args.photos, args.out, checkpoint=args.checkpoint, baseline=args.baseline,
+                   crop_size=args.crop_size, step=args.step, consensus=args.consensus, stride=args.stride,
+                   num_per_dim=args.num_per_dim, batch=args.batch, paper_color_bug=args.paper_color_bug,
+                   progress=not args.no_progress)
     except (FileNotFoundError, ValueError) as e:
         print(f"exif-jax localize: {e}", file=sys.stderr)
         return 2

@@ -24,7 +24,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 NUM_PER_DIM = 30
 MAX_SPREAD = 8
 PAPER_COLOR_BUG_HELP = (
-    "compatibility with the paper's evaluation: feed the checkpoint's image tower every patch pixel x as "
+    "compatibility with the paper's evaluation: feed the checkpoint's image tower every crop pixel x as "
     "(256 - x) mod 256, a colour negative, as the paper's splice evaluator did (torchvision ToPILImage on float "
     "pixels in [0, 255]); for comparing the released weights with the released table. Default off: the pixels "
     "as trained")
@@ -141,7 +141,8 @@ def replicate(embedder: PatchEmbedder, mesh: jax.sharding.Mesh | None = None) ->
 
 
 @functools.lru_cache(maxsize=32)
-def _embed_fn(apply: Callable, mesh: jax.sharding.Mesh) -> Callable:
+def embed_fn(apply: Callable, mesh: jax.sharding.Mesh) -> Callable:
+    """`apply` jitted: params replicated, crops and embeddings (f32) sharded over the mesh's "data" axis."""
     data = NamedSharding(mesh, P("data"))
     return jax.jit(lambda params, patches: apply(params, patches).astype(jnp.float32),
                    in_shardings=(None, data), out_shardings=data)
@@ -164,7 +165,7 @@ def embed_patches(embedder: PatchEmbedder, image: np.ndarray, grid: Grid, *, bat
     # host: the compiled function then sees [batch, p, p, 3] whatever the photo size (one compile), and
     # cutting the next batch overlaps the device working on this one (dispatch is asynchronous).
     batch = max(ndev, -(-min(batch, grid.n) // ndev) * ndev)
-    fn = _embed_fn(embedder.apply, mesh)
+    fn = embed_fn(embedder.apply, mesh)
     params = replicate(embedder, mesh).params  # a no-op when they already are
     image = np.asarray(image, np.uint8)
     starts = grid.starts()
@@ -173,3 +174,19 @@ def embed_patches(embedder: PatchEmbedder, image: np.ndarray, grid: Grid, *, bat
     outs = [fn(params, jax.device_put(crop_patches(image, starts[k:k + batch], grid.patch), data))
             for k in range(0, len(starts), batch)]
     return jnp.concatenate(outs)[:grid.n]
+
+
+def embed_crops(embedder: PatchEmbedder, crops: np.ndarray, *, batch: int = 256,
+                mesh: jax.sharding.Mesh | None = None) -> np.ndarray:
+    """f32 [B, D] embeddings of uint8 crops [B, p, p, 3], in fixed-size batches sharded over the mesh."""
+    if crops.ndim != 4 or crops.shape[1:] != (embedder.patch_size, embedder.patch_size, 3):
+        raise ValueError(f"crops must be [B, {embedder.patch_size}, {embedder.patch_size}, 3], got {crops.shape}")
+    mesh = mesh or default_mesh()
+    ndev = mesh.shape["data"]
+    # One compiled shape per embedder: batch a multiple of the devices, the last batch padded.
+    batch = max(ndev, -(-min(batch, len(crops)) // ndev) * ndev)
+    fn, params = embed_fn(embedder.apply, mesh), replicate(embedder, mesh).params
+    pad = np.concatenate([crops, np.zeros((-len(crops) % batch, *crops.shape[1:]), crops.dtype)])
+    data = NamedSharding(mesh, P("data"))
+    outs = [np.asarray(fn(params, jax.device_put(pad[k:k + batch], data))) for k in range(0, len(pad), batch)]
+    return np.concatenate(outs)[:len(crops)] if outs else np.zeros((0, 0), np.float32)

@@ -202,26 +202,27 @@ def to_markdown(report: Mapping[str, Any]) -> str:
 
 
 def run_probes(checkpoint: str, data_dir: str, out_dir: str, *, crops_per_photo: int = 8,
-               test_fraction: float = 0.3, seed: int = 0, buckets: int = 3, steps: int = 300,
-               l2: float = 1e-3, max_photos: int | None = None, step: int | None = None,
-               tasks: Sequence[str] = TASKS) -> dict[str, Any]:
+               test_fraction: float = 0.3, seed: int = 0, buckets: int = 3, train_steps: int = 300,
+               l2: float = 1e-3, limit: int | None = None, step: int | None = None,
+               tasks: Sequence[str] = TASKS, progress: bool = True) -> dict[str, Any]:
     """Extract features from every source, probe every task, write probes.json and probes.md."""
     from exif_jax.eval import features as F
+    from exif_jax.eval.embedders import make_embedders
 
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         raise ValueError(f"unknown probe task(s) {unknown}; known: {', '.join(TASKS)}")
-    model, rand, config = F.load_models(checkpoint, step, seed)
-    crop = int(config.data.crop_size)
-    cf = F.extract_features(data_dir, F.make_embedders(model, rand, crop), crops_per_photo=crops_per_photo,
-                            seed=seed, max_photos=max_photos)
+    built = make_embedders(F.SOURCES, checkpoint=checkpoint, step=step, seed=seed)
+    crop = built.crop_size
+    cf = F.extract_features(data_dir, built.embedders, crops_per_photo=crops_per_photo, seed=seed, limit=limit,
+                            progress=progress)
     report: dict[str, Any] = {"checkpoint": checkpoint, "data": data_dir, "photos": len(cf.photos),
                               "skipped_photos": cf.skipped, "crops_per_photo": crops_per_photo,
                               "crop_size": crop, "test_fraction": test_fraction, "seed": seed,
-                              "steps": steps, "l2": l2, "tasks": {}}
+                              "steps": train_steps, "l2": l2, "tasks": {}}
     for task in tasks:
         labels, info = photo_labels(cf.photos, task, buckets)
-        r = run_task(cf.feats, cf.photo, labels, test_fraction=test_fraction, seed=seed, steps=steps, l2=l2)
+        r = run_task(cf.feats, cf.photo, labels, test_fraction=test_fraction, seed=seed, steps=train_steps, l2=l2)
         report["tasks"][task] = {**info, **r}
     F.write_report(out_dir, "probes", report, to_markdown(report))
     return report
@@ -231,21 +232,22 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     """Flags of `exif-jax probe`."""
     from exif_jax.eval.features import add_common_args
 
-    add_common_args(parser, "probes.json, probes.md")
-    parser.add_argument("--test-fraction", type=float, default=0.3)
-    parser.add_argument("--buckets", type=int, default=3, help="quantile buckets of numeric tags (default 3)")
-    parser.add_argument("--steps", type=int, default=300, help="Adam steps of each probe")
-    parser.add_argument("--l2", type=float, default=1e-3)
-    parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated subset of {','.join(TASKS)}")
+    add_common_args(parser, "probes.json, probes.md (also printed)")
+    parser.add_argument("--test-fraction", type=float, default=0.3, metavar="F",
+                        help="share of each class's photos held out")
+    parser.add_argument("--buckets", type=int, default=3, metavar="N", help="quantile buckets of numeric tags")
+    parser.add_argument("--train-steps", type=int, default=300, metavar="N", help="full-batch Adam steps of each probe")
+    parser.add_argument("--l2", type=float, default=1e-3, help="l2 penalty on the probe's weights")
+    parser.add_argument("--tasks", default=",".join(TASKS), metavar="LIST", help="comma-separated subset of the tasks")
 
 
 def cli_main(args: argparse.Namespace) -> int:
     """Run `run_probes` with the parsed flags."""
     try:
-        run_probes(args.checkpoint, args.data, args.out, crops_per_photo=args.patches_per_photo,
-                   test_fraction=args.test_fraction, seed=args.seed, buckets=args.buckets, steps=args.steps,
-                   l2=args.l2, max_photos=args.max_photos, step=args.step,
-                   tasks=[t for t in args.tasks.split(",") if t])
+        run_probes(args.checkpoint, args.data, args.out, crops_per_photo=args.crops_per_photo,
+                   test_fraction=args.test_fraction, seed=args.seed, buckets=args.buckets,
+                   train_steps=args.train_steps, l2=args.l2, limit=args.limit, step=args.step,
+                   tasks=[t for t in args.tasks.split(",") if t], progress=not args.no_progress)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"exif-jax probe: {e}", file=sys.stderr)
         return 2

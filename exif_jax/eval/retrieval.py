@@ -105,16 +105,16 @@ def to_markdown(report: Mapping[str, Any]) -> str:
 
 
 def run_retrieval(checkpoint: str, data_dir: str, out_dir: str, *, crops_per_photo: int = 8, seed: int = 0,
-                  max_photos: int | None = None, step: int | None = None) -> dict[str, Any]:
+                  limit: int | None = None, step: int | None = None, progress: bool = True) -> dict[str, Any]:
     """Embed crops and texts with the trained and the random-init model; write retrieval.json / .md."""
     from exif_jax.eval import features as F
+    from exif_jax.eval.embedders import make_embedders
     from exif_jax.tokenizer import make_tokenizer
 
-    model, rand, config = F.load_models(checkpoint, step, seed)
-    crop = int(config.data.crop_size)
-    models = {"learned": model, "random-init": rand}
-    cf = F.extract_features(data_dir, F.make_embedders(model, rand, crop, sources=tuple(models)),
-                            crops_per_photo=crops_per_photo, seed=seed, max_photos=max_photos)
+    built = make_embedders(("learned", "random-init"), checkpoint=checkpoint, step=step, seed=seed)
+    crop, config, models = built.crop_size, built.config, built.models
+    cf = F.extract_features(data_dir, built.embedders, crops_per_photo=crops_per_photo, seed=seed, limit=limit,
+                            progress=progress)
     texts = sorted({p["text"] for p in cf.photos})
     text_id = {t: i for i, t in enumerate(texts)}
     photo_text = np.array([text_id[p["text"]] for p in cf.photos])
@@ -133,14 +133,14 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     """Flags of `exif-jax retrieval`."""
     from exif_jax.eval.features import add_common_args
 
-    add_common_args(parser, "retrieval.json, retrieval.md")
+    add_common_args(parser, "retrieval.json, retrieval.md (also printed)")
 
 
 def cli_main(args: argparse.Namespace) -> int:
     """Run `run_retrieval` with the parsed flags."""
     try:
-        run_retrieval(args.checkpoint, args.data, args.out, crops_per_photo=args.patches_per_photo,
-                      seed=args.seed, max_photos=args.max_photos, step=args.step)
+        run_retrieval(args.checkpoint, args.data, args.out, crops_per_photo=args.crops_per_photo,
+                      seed=args.seed, limit=args.limit, step=args.step, progress=not args.no_progress)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"exif-jax retrieval: {e}", file=sys.stderr)
         return 2

@@ -88,8 +88,9 @@ def scan_photos(images_dir: str | Path) -> tuple[list[Photo], Counter]:
 
 @functools.lru_cache(maxsize=16)
 def _pixels(path: Path) -> np.ndarray:
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+    from exif_jax.data.crops import read_rgb
+
+    return read_rgb(path)
 
 
 def _rectangle(rng: np.random.Generator, h: int, w: int, target: float) -> np.ndarray:
@@ -168,7 +169,7 @@ def make_splices(images_dir: str | Path, out_dir: str | Path, n: int, seed: int 
                  progress: bool = True) -> dict[str, Any]:
     """Write an n-image splice benchmark (and its JPEG copy) under out_dir; returns the summary."""
     if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+        raise ValueError(f"the image count (--count) must be >= 1, got {n}")
     if not 0.0 <= authentic_fraction <= 1.0:
         raise ValueError(f"authentic_fraction must be in [0, 1], got {authentic_fraction}")
     if jpeg_quality is not None and not 1 <= jpeg_quality <= 100:
@@ -232,25 +233,34 @@ def make_splices(images_dir: str | Path, out_dir: str | Path, n: int, seed: int 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     """Flags of `exif-jax make-splices`."""
-    parser.add_argument("--images", required=True, help="folder of camera photos (searched recursively)")
-    parser.add_argument("--out", required=True, help="output folder: images/, masks/, manifest.jsonl")
-    parser.add_argument("--n", type=int, default=100, help="number of images (spliced + authentic)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--jpeg-quality", type=int, default=None,
+    from exif_jax import cli_args
+
+    parser.add_argument("--images", required=True, metavar="DIR", help="folder of camera photos (searched recursively)")
+    cli_args.add_out(parser, "images/, masks/, manifest.jsonl, summary.json (eval-localize --dataset folder:OUT); "
+                             "with --jpeg-quality Q also a recompressed copy in OUT/jpeg_qQ")
+    parser.add_argument("--count", type=int, default=100, metavar="N", help="images to make (spliced + authentic)")
+    parser.add_argument("--seed", type=int, default=0, metavar="N",
+                        help="seed of the photo pairs, regions and positions")
+    parser.add_argument("--jpeg-quality", type=int, default=None, metavar="Q",
                         help="also write a copy recompressed at this JPEG quality under OUT/jpeg_qQ")
-    parser.add_argument("--size", type=parse_size, default=None,
-                        help="crop WxH (default: the largest every photo can give)")
-    parser.add_argument("--authentic-fraction", type=float, default=0.5,
+    parser.add_argument("--size", type=parse_size, default=None, metavar="WxH",
+                        help="size of each image, cut from its host photo (default: the largest every photo can "
+                             "give)")
+    parser.add_argument("--authentic-fraction", type=float, default=0.5, metavar="F",
                         help="fraction of authentic controls (host crop, nothing pasted)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a benchmark already in --out")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--overwrite", action="store_true", help="replace a benchmark already in OUT")
+    cli_args.add_progress(parser)
 
 
 def cli_main(args: argparse.Namespace) -> int:
     """Write the benchmark and print its summary as JSON."""
-    summary = make_splices(args.images, args.out, args.n, args.seed, jpeg_quality=args.jpeg_quality,
-                           size=args.size, authentic_fraction=args.authentic_fraction,
-                           overwrite=args.overwrite, progress=not args.no_progress)
+    try:
+        summary = make_splices(args.images, args.out, args.count, args.seed, jpeg_quality=args.jpeg_quality,
+                               size=args.size, authentic_fraction=args.authentic_fraction,
+                               overwrite=args.overwrite, progress=not args.no_progress)
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        print(f"exif-jax make-splices: {e}", file=sys.stderr)
+        return 2
     json.dump(summary, sys.stdout, indent=2)
     sys.stdout.write("\n")
     return 0

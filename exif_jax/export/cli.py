@@ -1,6 +1,6 @@
 """`exif-jax export`: a training workdir's checkpoint -> transformers SiglipModel and/or a timm .npz.
 
-  exif-jax export --checkpoint WORKDIR --out DIR --format hf|timm|all [--step N]
+  exif-jax export --checkpoint WORKDIR -o DIR --format hf|timm|all [--step N]
 
 WORKDIR is what `exif-jax train` wrote: WORKDIR/config.json and the orbax checkpoints in WORKDIR/ckpt.
 Every format writes into DIR; nothing is pickled (safetensors, tokenizer JSON, an .npz of plain arrays).
@@ -8,20 +8,12 @@ Every format writes into DIR; nothing is pickled (safetensors, tokenizer JSON, a
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from typing import Any
 
 import ml_collections
 
 FORMATS = ("hf", "timm", "all")
-
-
-def read_workdir(checkpoint: str) -> tuple[ml_collections.ConfigDict, str]:
-    """(config, orbax directory) of a training workdir (or of its ckpt/ folder)."""
-    from exif_jax import workdir
-
-    return workdir.read_config(checkpoint), str(workdir.locate(checkpoint)[1])
 
 
 def tokenizer_path(config: ml_collections.ConfigDict) -> str:
@@ -36,20 +28,20 @@ def tokenizer_path(config: ml_collections.ConfigDict) -> str:
 
 def export(checkpoint: str, out_dir: str, fmt: str = "all", *, step: int | None = None) -> dict[str, Any]:
     """Export a workdir's checkpoint (newest, or `step`) in `fmt`; returns what was written."""
-    from exif_jax import checkpoint as ckpt
+    from exif_jax import workdir
     from exif_jax.export import hf, hf_towers, timm
 
     if fmt not in FORMATS:
         raise ValueError(f"--format must be one of {FORMATS}, got {fmt!r}")
-    config, ckpt_dir = read_workdir(checkpoint)
+    config = workdir.read_config(checkpoint)
     per_tower = config.model.image.kind == "resnet"  # no stock dual encoder hosts a ResNet
     if fmt in ("hf", "all"):  # fail before the restore
         (hf_towers.check_towers_exportable if per_tower else hf.check_siglip_exportable)(config)
     if fmt in ("timm", "all"):
         timm.timm_spec(config)
     tok_path = tokenizer_path(config)
-    config.model.dtype = "float32"  # parameters are exported as stored; compute dtype is irrelevant here
-    model, got_step = ckpt.load_model(config, ckpt_dir, step)  # vocab size: tokenizer.vocab_size_of(config)
+    # Parameters are exported as stored; f32 compute keeps the parity checks exact.
+    model, config, got_step = workdir.load_model(checkpoint, step, float32=True)
     result: dict[str, Any] = {"step": got_step, "out": os.path.abspath(out_dir)}
     if fmt in ("hf", "all"):
         write = hf_towers.export_towers if per_tower else hf.export_hf
@@ -61,12 +53,15 @@ def export(checkpoint: str, out_dir: str, fmt: str = "all", *, step: int | None 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     """Flags of `exif-jax export`."""
-    parser.add_argument("--checkpoint", required=True, help="training workdir (config.json + ckpt/)")
-    parser.add_argument("--out", required=True, help="output directory")
+    from exif_jax import cli_args
+
+    cli_args.add_model_source(parser)
+    cli_args.add_out(parser, "hf: a transformers SiglipModel folder (config.json, model.safetensors, tokenizer, "
+                             "preprocessor; ResNet towers: image/ and text/ models + dual_encoder.json); timm: "
+                             "vit_big_vision.npz or resnet_timm.safetensors + timm_config.json")
     parser.add_argument("--format", choices=FORMATS, default="all",
                         help="hf: transformers SiglipModel dir (ResNet towers: ResNetForImageClassification + a "
-                             "text model); timm: big_vision .npz of the ViT; all: both")
-    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
+                             "text model); timm: big_vision .npz of the ViT (ResNet: timm .safetensors); all: both")
 
 
 def cli_main(args: argparse.Namespace) -> int:
@@ -77,7 +72,7 @@ def cli_main(args: argparse.Namespace) -> int:
 
     try:
         result = export(args.checkpoint, args.out, args.format, step=args.step)
-    except (NotExportable, FileNotFoundError) as e:
+    except (NotExportable, FileNotFoundError, ValueError) as e:
         print(f"exif-jax export: {e}", file=sys.stderr)
         return 2
     print(f"exported step {result['step']} to {result['out']}")

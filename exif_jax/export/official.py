@@ -217,10 +217,13 @@ def import_official(weights: str | os.PathLike, vocab: str | os.PathLike, out: s
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     """Flags of `exif-jax import-official`."""
-    parser.add_argument("--weights", required=True, help="the official checkpoint (train.py's .pth)")
-    parser.add_argument("--vocab", required=True, help="distilbert-base-uncased's vocab.txt")
-    parser.add_argument("--out", required=True, help="new directory: config.json + ckpt/ (what localize reads)")
-    parser.add_argument("--config", help=f"model config (default {DEFAULT_CONFIG})")
+    from exif_jax import cli_args
+
+    parser.add_argument("--weights", required=True, metavar="FILE", help="the official checkpoint (train.py's .pth)")
+    parser.add_argument("--vocab", required=True, metavar="FILE", help="distilbert-base-uncased's vocab.txt")
+    cli_args.add_out(parser, "a new folder (it must not exist): config.json, ckpt/0, vocab.txt, import.json; a "
+                             "workdir that localize, eval-localize, probe, retrieval and export read as --checkpoint")
+    parser.add_argument("--config", metavar="FILE", help=f"model config (default: {DEFAULT_CONFIG})")
 
 
 def cli_main(args: argparse.Namespace) -> int:
