@@ -34,6 +34,18 @@ def read_config(path: str) -> ml_collections.ConfigDict:
     return upgrade(raw, source=str(config_json))
 
 
+def for_inference(config: ml_collections.ConfigDict, float32: bool = False) -> ml_collections.ConfigDict:
+    """`config` ready to run here: f32 compute if asked, and model.attention "cudnn" read as "xla" (the same
+    math) where cuDNN's fused attention cannot run (no CUDA GPU, or f32 compute)."""
+    import jax
+
+    if float32:
+        config.model.dtype = "float32"
+    if config.model.attention == "cudnn" and (float32 or jax.devices()[0].platform != "gpu"):
+        config.model.attention = "xla"
+    return config
+
+
 def load_model(path: str, step: int | None = None, *, float32: bool = False) -> tuple[Any, ml_collections.ConfigDict, int]:
     """(model in eval mode, config, step) from a workdir's newest checkpoint (or `step`), or from a packaged
     model (its one step); float32 computes in f32 whatever the run trained with (parameters as stored)."""
@@ -46,9 +58,7 @@ def load_model(path: str, step: int | None = None, *, float32: bool = False) -> 
                              f"({meta.get('step')}); drop --step")
         model, config = load_packaged(path, float32=float32)
         return model, config, int(meta.get("step", 0))
-    config = read_config(path)
-    if float32:
-        config.model.dtype = "float32"
+    config = for_inference(read_config(path), float32)
     _, ckpt = locate(path)
     model, got = checkpoint.load_model(config, str(ckpt), step)
     model.eval()
@@ -117,9 +127,7 @@ def load_packaged(path: str | Path, *, float32: bool = False) -> tuple[Any, ml_c
     from exif_jax.tokenizer import vocab_size_of
 
     path = Path(path)
-    config = _packaged_config(path)
-    if float32:
-        config.model.dtype = "float32"
+    config = for_inference(_packaged_config(path), float32)
     model = nnx.eval_shape(lambda: towers.create_model(config, vocab_size_of(config), nnx.Rngs(0)))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     stored = serialization.msgpack_restore((path / PARAMS_FILE).read_bytes())
