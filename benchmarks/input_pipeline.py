@@ -36,22 +36,24 @@ from exif_jax.data import build, pipeline
 APPETITE = {"H200": 8000.0, "v5e chip": 1500.0}  # crops/s one accelerator consumes (docs/paper_scale.md §3)
 
 
-def timed_build(photos: list[str], out: str, fast: bool) -> dict:
-    """build-data in this process (1 worker); returns the summary plus CPU seconds."""
+def timed_build(photos: list[str], out: str, fast: bool, workers: int = 1) -> dict:
+    """build-data (1 worker: in this process); returns the summary plus this process's CPU seconds."""
     settings = dataclasses.replace(build.settings_from_config(None), fast_path=fast)
     c0 = time.process_time()
-    s = build.build_dataset(build.items_from_paths(photos), out, settings, num_shards=2, workers=1,
+    s = build.build_dataset(build.items_from_paths(photos), out, settings, num_shards=2, workers=workers,
                             progress=False)
     s["cpu_seconds"] = time.process_time() - c0
     return s
 
 
-def loader_rate(data_dir: str, tok, k: int, size: int, decode: str, batch: int, seconds: float
+def loader_rate(data_dir: str, tok, k: int, size: int, decode: str, batch: int, seconds: float, workers: int = 0
                 ) -> tuple[float, float]:
-    """(crops per wall second, crops per CPU second) of make_loader, measured after its first batch."""
+    """(crops per wall second, crops per CPU second of this process) of make_loader with `workers` grain worker
+    processes (0: all in this process; their CPU time is not counted), measured after its first batch."""
     cfg = ml_collections.ConfigDict(dict(seed=0, data=dict(
-        train_dir=data_dir, crop_size=size, crops_per_image=k, global_batch_size=batch, worker_count=0,
-        prefetch_buffer=0, num_epochs=0, shuffle=True, read_threads=0, decode=decode, spread_batches=0)))
+        train_dir=data_dir, crop_size=size, crops_per_image=k, global_batch_size=batch, worker_count=workers,
+        prefetch_buffer=2 if workers else 0, num_epochs=0, shuffle=True, read_threads=0, decode=decode,
+        spread_batches=0)))
     it = iter(pipeline.make_loader(cfg, tok, seed=k, process_index=0, process_count=1))
     try:
         next(it)

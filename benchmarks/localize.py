@@ -45,7 +45,7 @@ def gemm_peak(n: int = 2048, reps: int = 3) -> float:
     return 2.0 * n ** 3 / _timed(lambda: f(a), reps)
 
 
-def _config(kind: str):
+def config_for(kind: str):
     """configs/tiny.py's text tower with a ViT-B/16 or ResNet-50 image tower, resolved like a training run."""
     from exif_jax.config import load_config
 
@@ -93,7 +93,7 @@ def main() -> None:
     rows = ["| step | patches timed | s / patch | s / 1 MP photo | GFLOP / patch | GFLOP/s | of GEMM peak |",
             "|---|---|---|---|---|---|---|"]
     for name, kind in (("ViT-B/16", "vit"), ("ResNet-50", "resnet")):
-        c = _config(kind)
+        c = config_for(kind)
         emb = replicate(model_embedder(random_init_model(c, vocab_size=1000), P, name), mesh)
         t = _timed(lambda: embed_patches(emb, photo, sample, batch=sample.n, mesh=mesh), args.reps)
         per = t / sample.n

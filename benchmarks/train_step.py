@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from typing import Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import numpy as np
@@ -50,21 +50,51 @@ def random_batch(config, mesh, vocab_size: int, seed: int = 0) -> dict[str, jax.
     return jax.device_put(host, sharding.batch_sharding(mesh))
 
 
-def bench_ours(config, steps: int, warmup: int, vocab_size: int) -> dict[str, float]:
-    """Our train step on all devices: seconds per step, img/s, MFU."""
+class Prepared(NamedTuple):
+    """Our step for a config, lowered for its mesh and batch (compile with `lowered.compile()`)."""
+    config: Any
+    trainer: train.Trainer
+    lowered: Any
+    batch: dict[str, jax.Array]
+    lower_s: float
+
+
+def prepare_ours(config, vocab_size: int) -> Prepared:
+    """Trainer, a random batch (seeded: the same for every config of one batch size) and the lowered step."""
     mesh = sharding.make_mesh(config.mesh)
     trainer = train.make_trainer(config, mesh, vocab_size)
-    box = {"state": trainer.init()}
     batch = random_batch(config, mesh, vocab_size)
     t = time.perf_counter()
-    step = trainer.train_step.lower(box["state"], batch).compile()
-    compile_s = time.perf_counter() - t
+    lowered = trainer.train_step.lower(trainer.abstract_state, batch)
+    return Prepared(config, trainer, lowered, batch, time.perf_counter() - t)
+
+
+def random_state(trainer: train.Trainer, seed: int = 0) -> dict[str, Any]:
+    """A state of the trainer's layout without compiling its init (which dominates small runs): weights drawn by
+    numpy (exif_jax.eval.localize.random_weights), everything else zeros (AdamW's moments and counts start
+    there too). For timing and for comparing settings from one starting point, not for training."""
+    from exif_jax.eval.embedders import random_weights
+
+    state = {k: random_weights(v, seed) if k in ("params", "rest") else
+             jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), v) for k, v in trainer.abstract_state.items()}
+    return jax.device_put(state, trainer.state_shardings)
+
+
+def time_ours(prepared: Prepared, step: Callable, steps: int, warmup: int, state: Any = None) -> dict[str, float]:
+    """Seconds per step, img/s and MFU of the compiled `step` (state: from trainer.init() unless given, and
+    donated), plus the first step's loss and gradient norm and the last step's loss (every step sees the same
+    batch, so equal settings give equal numbers)."""
+    config = prepared.config
+    box = {"state": prepared.trainer.init() if state is None else state, "metrics": []}
 
     def one():
-        box["state"], m = step(box["state"], batch)
+        box["state"], m = step(box["state"], prepared.batch)
         jax.block_until_ready(m["loss"])
+        box["metrics"].append(m)
 
     sec = median_step_seconds(one, steps, warmup)
+    first, last = box["metrics"][0], box["metrics"][-1]
+    box.clear()  # the state's device memory goes back before the next setting
     img_s = config.data.global_batch_size / sec
     dev = jax.devices()[0]
     peak = metrics_writer.peak_flops(dev)
@@ -73,8 +103,18 @@ def bench_ours(config, steps: int, warmup: int, vocab_size: int) -> dict[str, fl
     else:
         peak_name = "bf16 peak" if peak else "unknown"
     mfu = img_s * towers.flops_per_example(config) / (peak * jax.device_count()) if peak else float("nan")
-    return {"sec": sec, "img_s": img_s, "mfu": mfu, "compile_s": compile_s, "peak": peak or float("nan"),
-            "peak_name": peak_name}
+    return {"sec": sec, "img_s": img_s, "mfu": mfu, "peak": peak or float("nan"), "peak_name": peak_name,
+            "first_loss": float(first["loss"]), "first_grad_norm": float(first["grad_norm"]),
+            "last_loss": float(last["loss"]), "steps_run": warmup + steps}
+
+
+def bench_ours(config, steps: int, warmup: int, vocab_size: int) -> dict[str, float]:
+    """Our train step on all devices: seconds per step, img/s, MFU, compile seconds (lowering included)."""
+    prepared = prepare_ours(config, vocab_size)
+    t = time.perf_counter()
+    step = prepared.lowered.compile()
+    compile_s = prepared.lower_s + time.perf_counter() - t
+    return {**time_ours(prepared, step, steps, warmup), "compile_s": compile_s}
 
 
 def bench_torch_peer(batch: int, crop: int, length: int, steps: int, warmup: int,

@@ -18,10 +18,12 @@ import argparse
 import textwrap
 from collections.abc import Sequence
 
-CHECKPOINT_HELP = "training workdir (config.json + ckpt/, as `exif-jax train` writes it) or its ckpt/ folder"
+CHECKPOINT_HELP = ("training workdir (config.json + ckpt/, as `exif-jax train` writes it), its ckpt/ folder, or a "
+                   "packaged model folder (default: the bundled default model, a small CPU model trained on the "
+                   "shared corpus, not the paper's)")
 STEP_HELP = "checkpoint step to load from --checkpoint (default: the newest)"
 BASELINE_HELP = ("a non-learned embedder: noise (noise-residual statistics) or random (random features, the "
-                 "chance level)")
+                 "chance level); without --checkpoint no learned model runs")
 OUT_HELP = "output folder (what it holds: see the notes below)"
 NO_PROGRESS_HELP = "no progress bars"
 LIMIT_HELP = "use at most N photos (default: all; which ones: see the notes below)"
@@ -55,13 +57,13 @@ def add_note(parser: argparse.ArgumentParser, note: str) -> None:
 
 def add_model_source(parser: argparse.ArgumentParser, baselines: Sequence[str] = (), *,
                      exclusive: bool = False) -> None:
-    """--checkpoint and --step, plus --baseline (choices `baselines`) where a baseline can stand in: exclusive,
-    one of --checkpoint / --baseline is required; else each is optional (the command says what it needs).
-    Without baselines --checkpoint is required."""
+    """--checkpoint and --step, plus --baseline (choices `baselines`) where a baseline can stand in (exclusive:
+    not both). Without --checkpoint (and without --baseline) the command uses the bundled default model
+    (workdir.default_source)."""
     if not baselines:
-        parser.add_argument("--checkpoint", required=True, metavar="WORKDIR", help=CHECKPOINT_HELP)
+        parser.add_argument("--checkpoint", metavar="WORKDIR", help=CHECKPOINT_HELP)
     else:
-        group = parser.add_mutually_exclusive_group(required=True) if exclusive else parser
+        group = parser.add_mutually_exclusive_group() if exclusive else parser
         group.add_argument("--checkpoint", metavar="WORKDIR", help=CHECKPOINT_HELP)
         group.add_argument("--baseline", choices=tuple(baselines), help=BASELINE_HELP)
     parser.add_argument("--step", type=int, metavar="N", help=STEP_HELP)

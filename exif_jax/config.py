@@ -83,6 +83,15 @@ _RENAMED = {("model", "temperature_init"): ("model", "logit_scale_init"),
             ("data", "spread_window"): None, ("debug",): None}
 
 
+def _remat_policy(value: Any) -> Any:
+    # model.{image,text}.remat was a boolean (rematerialize whole blocks or not) before it named a policy.
+    return ("full" if value else "none") if isinstance(value, bool) else value
+
+
+# Keys whose values changed form (old value -> new value), whatever the file's schema version.
+_CONVERTED = {("model", "image", "remat"): _remat_policy, ("model", "text", "remat"): _remat_policy}
+
+
 def upgrade(raw: Mapping[str, Any], source: str = "config.json") -> ml_collections.ConfigDict:
     """A config.json of any schema version -> a resolved config of this schema (the base's defaults for keys
     added since). Version 1 files built the ViT the variant named whatever its explicit sizes said, so the
@@ -99,6 +108,12 @@ def upgrade(raw: Mapping[str, Any], source: str = "config.json") -> ml_collectio
             value = node.pop(old[-1])
             if new is not None:
                 node.setdefault(new[-1], value)
+    for path, convert in _CONVERTED.items():
+        node = raw
+        for k in path[:-1]:
+            node = node.get(k, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict) and path[-1] in node:
+            node[path[-1]] = convert(node[path[-1]])
     config = base_config()
     _overlay(config, raw, source, ())
     if version == 1 and config.model.image.kind == "vit" and config.model.image.variant not in ("", "tiny"):

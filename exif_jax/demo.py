@@ -1,10 +1,10 @@
 """`make demo`: the whole job end to end on the 18 photos bundled in exif_jax/assets/photos (CPU, no downloads).
 
   EXIF -> text -> camera-held-out split -> ArrayRecords -> grain batch on the mesh -> train a tiny model
-  -> Columbia-style splices from the held-out cameras -> localize -> learned / classical / random table
-  -> heatmap PNGs -> export to transformers (SiglipModel) -> parity check against JAX.
+  -> export to transformers (SiglipModel) -> parity check against JAX -> Columbia-style splices from the
+  held-out cameras -> localize -> learned / classical / random table, heatmap PNGs and report.html.
 
-Each stage prints what it did; the output folder is printed at the end. `--quick` is the CI form.
+Each stage prints what it did; the report's path is the last line. `--quick` is the CI form.
 """
 from __future__ import annotations
 
@@ -171,19 +171,20 @@ def main(argv: list[str] | None = None) -> int:
     st.start(f"train {DEMO_CONFIG.name} for {steps} steps")
     trained = train(out / "run", out / "data", steps)
     st.done()
-    st.start(f"{n_splices} splices (half authentic) from the held-out cameras")
-    splices(out / "photos_test", out / "splices", n_splices)
-    st.done()
-    st.start("localize: learned vs classical (noise residuals) vs random, same consensus")
-    evaluate(out / "splices", out / "run", out / "eval")
-    print(f"    heatmaps: {out / 'eval' / 'heatmaps'}")
-    st.done()
     st.start("export to PyTorch (transformers SiglipModel) and check parity")
     parity = export_and_check(out / "run", out / "export_hf")
     st.done()
-    (out / "demo.json").write_text(json.dumps({"stages_s": st.times, "train": trained, "parity": parity},
-                                              indent=2, default=str))
+    st.start(f"{n_splices} splices (half authentic) from the held-out cameras")
+    splices(out / "photos_test", out / "splices", n_splices)
+    st.done()
+    st.start("localize: learned vs classical (noise residuals) vs random, same consensus -> report.html")
+    report = evaluate(out / "splices", out / "run", out / "eval")
+    print(f"    heatmaps: {out / 'eval' / 'heatmaps'}")
+    st.done()
+    (out / "demo.json").write_text(json.dumps({"stages_s": st.times, "train": trained, "parity": parity,
+                                               "report_html": report["report_html"]}, indent=2, default=str))
     print(f"\nDemo finished in {time.time() - st.t0:.0f} s. Output folder: {out}")
+    print(f"Report (open in a browser): {report['report_html']}")
     return 0
 
 

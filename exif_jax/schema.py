@@ -74,7 +74,11 @@ def base_config() -> ml_collections.ConfigDict:
     img.head = "linear"                 # projection to embed_dim; "none" needs width == embed_dim (SigLIP+map)
     img.head_bias = True
     img.bn_frozen = False               # ResNet: BatchNorm on its running statistics in train mode too
-    img.remat = False
+    # ViT: what each block keeps for the backward pass. "none": everything (fastest while memory lasts);
+    # "dots": matmul outputs without batch dims (q/k/v/out and MLP projections), attention recomputed;
+    # "dots_all": every matmul output; "full": only the block's input (least memory, ~1/3 more FLOPs).
+    # config.json files from before were a boolean: true reads as "full", false as "none".
+    img.remat = "none"
 
     txt = c.model.text = ml_collections.ConfigDict()
     txt.kind = "transformer"            # or "distilbert" (the paper's tower)
@@ -91,7 +95,7 @@ def base_config() -> ml_collections.ConfigDict:
     txt.causal = False
     txt.head = "linear"
     txt.head_bias = True
-    txt.remat = False
+    txt.remat = "none"                  # as model.image.remat, per text block (DistilBERT's too)
 
     m = c.model
     m.embed_dim = 512
@@ -102,6 +106,16 @@ def base_config() -> ml_collections.ConfigDict:
     m.logit_bias_init = -10.0           # sigmoid loss only
     m.dtype = "bfloat16"                # compute
     m.param_dtype = "float32"
+    # Step speed knobs (benchmarks/gpu_suite.py sweeps them; the defaults are the safe, portable choice).
+    # Attention in the ViT and text transformer (not DistilBERT, which keeps its own): "xla" is
+    # jax.nn.dot_product_attention's XLA path (logits and softmax in f32); "cudnn" its cuDNN fused attention
+    # (CUDA GPUs with bf16/fp16 compute only, an error elsewhere; a checkpoint trained with it loads with
+    # "xla" for inference off a GPU, the same math); "einsum" the same written out with its logits and
+    # softmax in model.norm_dtype (the reference the others are tested against; bf16 softmax when "").
+    m.attention = "xla"
+    # What LayerNorms (ViT, text transformer) and BatchNorms (ResNet) compute and output in, and the "einsum"
+    # attention's softmax dtype: "" = model.dtype (statistics are f32 either way), or e.g. "float32".
+    m.norm_dtype = ""
 
     # Loss.
     c.loss = ml_collections.ConfigDict()

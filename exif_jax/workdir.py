@@ -3,6 +3,7 @@ orbax checkpoints in WORKDIR/ckpt/<step>. The one loader eval, export and the be
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,9 @@ def locate(path: str) -> tuple[Path, Path]:
 
 
 def read_config(path: str) -> ml_collections.ConfigDict:
-    """The workdir's config, upgraded to the current schema (what the checkpoint was trained with)."""
+    """The workdir's (or packaged model's) config, upgraded to the current schema (what was trained)."""
+    if is_packaged(path):
+        return _packaged_config(Path(path))
     config_json, _ = locate(path)
     try:
         raw = json.loads(config_json.read_text())
@@ -31,14 +34,31 @@ def read_config(path: str) -> ml_collections.ConfigDict:
     return upgrade(raw, source=str(config_json))
 
 
-def load_model(path: str, step: int | None = None, *, float32: bool = False) -> tuple[Any, ml_collections.ConfigDict, int]:
-    """(model in eval mode, config, step) from a workdir's newest checkpoint (or `step`); float32 computes in
-    f32 whatever the run trained with (parameters are loaded as stored)."""
-    from exif_jax import checkpoint
+def for_inference(config: ml_collections.ConfigDict, float32: bool = False) -> ml_collections.ConfigDict:
+    """`config` ready to run here: f32 compute if asked, and model.attention "cudnn" read as "xla" (the same
+    math) where cuDNN's fused attention cannot run (no CUDA GPU, or f32 compute)."""
+    import jax
 
-    config = read_config(path)
     if float32:
         config.model.dtype = "float32"
+    if config.model.attention == "cudnn" and (float32 or jax.devices()[0].platform != "gpu"):
+        config.model.attention = "xla"
+    return config
+
+
+def load_model(path: str, step: int | None = None, *, float32: bool = False) -> tuple[Any, ml_collections.ConfigDict, int]:
+    """(model in eval mode, config, step) from a workdir's newest checkpoint (or `step`), or from a packaged
+    model (its one step); float32 computes in f32 whatever the run trained with (parameters as stored)."""
+    from exif_jax import checkpoint
+
+    if is_packaged(path):
+        meta = packaged_meta(path)
+        if step is not None and step != meta.get("step"):
+            raise ValueError(f"--step {step}: {path} is a packaged model ({meta['name']!r}) holding one step "
+                             f"({meta.get('step')}); drop --step")
+        model, config = load_packaged(path, float32=float32)
+        return model, config, int(meta.get("step", 0))
+    config = for_inference(read_config(path), float32)
     _, ckpt = locate(path)
     model, got = checkpoint.load_model(config, str(ckpt), step)
     model.eval()
@@ -61,13 +81,33 @@ def is_packaged(path: str | Path) -> bool:
     return (p / "config.json").is_file() and (p / PARAMS_FILE).is_file()
 
 
+def packaged_meta(path: str | Path) -> dict[str, Any]:
+    """A packaged model's model.json (name, source run, step, stored dtype, ...); {} when it has none."""
+    meta = Path(path) / MODEL_JSON
+    if not meta.is_file():
+        return {}
+    try:
+        return json.loads(meta.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{meta}: not valid JSON ({e})") from e
+
+
 def model_name(path: str | Path) -> str:
     """The name a packaged model carries (model.json), else the workdir's path."""
-    p = Path(path)
-    meta = p / MODEL_JSON
-    if meta.is_file():
-        return str(json.loads(meta.read_text())["name"])
-    return str(p)
+    return str(packaged_meta(path).get("name", path))
+
+
+def default_source(checkpoint: str | None, baseline: str | None = None, *, command: str = "exif-jax") -> str | None:
+    """`checkpoint`, or the bundled default model when neither --checkpoint nor --baseline is given (said on
+    stderr, so nobody mistakes its maps for the paper's model)."""
+    if checkpoint is not None or baseline is not None:
+        return checkpoint
+    if not is_packaged(DEFAULT_MODEL):
+        raise FileNotFoundError(f"no --checkpoint and the bundled default model is missing ({DEFAULT_MODEL}): "
+                                "give --checkpoint WORKDIR or --baseline")
+    print(f"{command}: no --checkpoint: using the bundled default model {model_name(DEFAULT_MODEL)!r} "
+          f"({DEFAULT_MODEL}); see the README's 'Default model'", file=sys.stderr)
+    return str(DEFAULT_MODEL)
 
 
 def _packaged_config(path: Path) -> ml_collections.ConfigDict:
@@ -87,9 +127,7 @@ def load_packaged(path: str | Path, *, float32: bool = False) -> tuple[Any, ml_c
     from exif_jax.tokenizer import vocab_size_of
 
     path = Path(path)
-    config = _packaged_config(path)
-    if float32:
-        config.model.dtype = "float32"
+    config = for_inference(_packaged_config(path), float32)
     model = nnx.eval_shape(lambda: towers.create_model(config, vocab_size_of(config), nnx.Rngs(0)))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     stored = serialization.msgpack_restore((path / PARAMS_FILE).read_bytes())

@@ -25,5 +25,8 @@ fi
 if [[ -n "${FAKE_CPU_DEVICES:-}" ]]; then
   # N fake CPU devices: exercises the mesh and sharding code paths without accelerators.
   export JAX_PLATFORMS=cpu XLA_FLAGS="--xla_force_host_platform_device_count=$FAKE_CPU_DEVICES ${XLA_FLAGS:-}"
+elif command -v nvidia-smi > /dev/null; then
+  # NVIDIA GPUs: the XLA flags in launch/xla_gpu_flags.txt (why each is there: that file), yours after them.
+  export XLA_FLAGS="$(grep -o '^--[^ #]*' "$(dirname "$0")/xla_gpu_flags.txt" | tr '\n' ' ')${XLA_FLAGS:-}"
 fi
 exec "$exif_jax" train --config "$config" --workdir "$workdir" --config.data.train_dir="$data" "$@"

@@ -89,6 +89,25 @@ def test_upgrade_reads_a_version_1_config_json_as_what_was_trained():
         cfg.upgrade({**now, "data": {**now["data"], "no_such_key": 1}})
 
 
+def test_upgrade_reads_the_old_boolean_remat_as_a_policy_and_fills_the_speed_knobs():
+    """Before the step's speed knobs, model.{image,text}.remat was a boolean and attention/norm_dtype did not exist."""
+    now = json.loads(cfg.load_config(str(REPO / "configs" / "vit_b16.py")).to_json())
+    for old_value, policy in ((True, "full"), (False, "none")):
+        old = json.loads(json.dumps(now))
+        old["model"]["image"]["remat"] = old["model"]["text"]["remat"] = old_value
+        del old["model"]["attention"], old["model"]["norm_dtype"]
+        up = cfg.upgrade(old)
+        assert (up.model.image.remat, up.model.text.remat) == (policy, policy)
+        assert (up.model.attention, up.model.norm_dtype) == ("xla", "")
+    with pytest.raises(ValueError, match=r"model\.image\.remat is a policy now.*true -> 'full'"):
+        from flax import nnx
+
+        from exif_jax.models import towers
+
+        c = cfg.load_config(str(REPO / "configs" / "tiny.py"), ["model.image.remat=true"])
+        towers.create_model(c, 100, nnx.Rngs(0))
+
+
 def test_the_built_tower_is_the_one_config_json_records():
     """The bug this schema fixes: a variant silently beating explicit sizes in the tower builder."""
     from flax import nnx

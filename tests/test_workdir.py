@@ -43,3 +43,20 @@ def test_package_refuses_params_that_do_not_fit(trained_workdir, tmp_path):
     (out / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match=r"params\.msgpack: .* has shape"):
         workdir.load_packaged(out)
+
+
+def test_packaged_model_loads_like_a_workdir(trained_workdir, tmp_path, capsys):
+    """--checkpoint takes a packaged model: same loader, its one step; --step elsewhere is an error naming it."""
+    out = tmp_path / "pkg"
+    workdir.package(trained_workdir, str(out), name="pkg under test", dtype="float32")
+    model, config, step = workdir.load_model(str(out))
+    _, _, run_step = workdir.load_model(trained_workdir)
+    assert step == run_step and workdir.read_config(str(out)).to_dict() == config.to_dict()
+    with pytest.raises(ValueError, match="pkg under test.*drop --step"):
+        workdir.load_model(str(out), run_step + 1)
+    # default_source: an explicit source wins; with none, the bundled default (named on stderr).
+    assert workdir.default_source("x") == "x" and workdir.default_source(None, "noise") is None
+    assert workdir.default_source(None, command="cmd") == str(workdir.DEFAULT_MODEL)
+    err = capsys.readouterr().err
+    assert err.startswith("cmd: no --checkpoint: using the bundled default model")
+    assert workdir.model_name(workdir.DEFAULT_MODEL) in err

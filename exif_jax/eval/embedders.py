@@ -34,8 +34,6 @@ class Embedders(NamedTuple):
 def random_init_model(config: Any, vocab_size: int | None = None, seed: int = 0) -> Any:
     """A DualTower with random weights filled in from numpy (no per-initializer dispatch or compile: fast for
     big towers). Scales/variances 1, biases/means 0, kernels N(0, 1/fan_in)."""
-    import jax
-    import jax.numpy as jnp
     from flax import nnx
 
     from exif_jax.models import towers
@@ -45,6 +43,14 @@ def random_init_model(config: Any, vocab_size: int | None = None, seed: int = 0)
         vocab_size = vocab_size_of(config)
     abstract = nnx.eval_shape(lambda: towers.create_model(config, vocab_size, nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)
+    return nnx.merge(graphdef, random_weights(state, seed))
+
+
+def random_weights(state: Any, seed: int = 0) -> Any:
+    """`state` (a model's nnx state, arrays or shapes) with every leaf drawn by numpy as random_init_model says."""
+    import jax
+    import jax.numpy as jnp
+
     rng = np.random.default_rng(seed)
 
     def fill(path, x):
@@ -57,7 +63,7 @@ def random_init_model(config: Any, vocab_size: int | None = None, seed: int = 0)
             v = rng.normal(0, 1 / np.sqrt(max(int(np.prod(x.shape[:-1])), 1)), x.shape)
         return jnp.asarray(v, x.dtype)
 
-    return nnx.merge(graphdef, jax.tree_util.tree_map_with_path(fill, state))
+    return jax.tree_util.tree_map_with_path(fill, state)
 
 
 def check_sources(*, checkpoint: str | None, step: int | None = None, crop_size: int | None = None,
@@ -101,7 +107,7 @@ def make_embedders(kinds: Sequence[str], *, checkpoint: str | None = None, step:
     out: dict[str, PatchEmbedder] = {}
     for kind in kinds:
         if kind == "learned":
-            e = model_embedder(models["learned"], crop_size, name=f"model:{checkpoint}")
+            e = model_embedder(models["learned"], crop_size, name=f"model:{workdir.model_name(checkpoint)}")
             out[kind] = with_paper_color_bug(e) if paper_color_bug else e
         elif kind == "random-init":
             out[kind] = model_embedder(models["random-init"], crop_size, name="random-init")

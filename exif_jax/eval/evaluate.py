@@ -172,9 +172,10 @@ def evaluate(samples: Sequence[Any], embedders: Mapping[str, PatchEmbedder], out
                                                   {m: loc.map for m, loc in locs.items()}, mask)
             rows.append({"name": sample.name, "label": int(sample.label), **thumbs,
                          "href": html_report.relative_href(path, out_dir), "values": values})
-    heatmaps = _write_heatmaps(extremes, out_dir)
+    heatmaps = _write_heatmaps(extremes, out_dir, {m: e.name for m, e in embedders.items()})
     report = {"dataset": dataset, "consensus": consensus, "n_samples": len(samples),
               "n_failed": len(failed), "failed": failed, "heatmaps": heatmaps,
+              "models": {m: e.name for m, e in embedders.items()},
               "methods": {m: summarize_method(recs) for m, recs in records.items()}}
     report["report_html"] = _write_html(report, rows, embedders, out_dir)
     write_report(out_dir, "metrics", report, to_markdown(report))
@@ -196,7 +197,7 @@ def _write_html(report: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
         summary=summary_table(report), notes=(*_NOTES, *M.CONVENTIONS), failed=report["failed"])
 
 
-def _write_heatmaps(extremes: Mapping[str, _Extremes], out_dir: str) -> list[str]:
+def _write_heatmaps(extremes: Mapping[str, _Extremes], out_dir: str, names: Mapping[str, str]) -> list[str]:
     from exif_jax.data.crops import read_rgb
 
     written = []
@@ -205,7 +206,7 @@ def _write_heatmaps(extremes: Mapping[str, _Extremes], out_dir: str) -> list[str
             for rank, (ap, (sample, score_map, mask)) in enumerate(items, 1):
                 path = os.path.join(out_dir, "heatmaps", f"{m}_{kind}{rank}_{Path(sample.name).name}.png")
                 _plot(path, read_rgb(sample.image_path), mask, score_map,
-                      f"{m}: {sample.name} ({kind} {rank}), per-image AP {ap:.3f}")
+                      f"{m} ({names[m]}): {sample.name} ({kind} {rank}), per-image AP {ap:.3f}")
                 written.append(path)
     return written
 
@@ -273,7 +274,10 @@ def run(dataset: str, out_dir: str, *, checkpoint: str | None = None, baseline: 
     from exif_jax.cli_args import check_grid
     from exif_jax.eval.datasets import load_dataset
 
+    from exif_jax import workdir
+
     check_grid(stride, num_per_dim)
+    checkpoint = workdir.default_source(checkpoint, baseline, command="exif-jax eval-localize")
     method_kinds(checkpoint, baseline, all_methods, crop_size, step, paper_color_bug)  # flags before files
     samples = pick(load_dataset(dataset), limit)
     embedders = build_embedders(checkpoint, baseline, all_methods, crop_size, step, paper_color_bug)
@@ -304,8 +308,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="heatmaps of this many best and worst images per method")
     parser.add_argument("--paper-color-bug", action="store_true", help=PAPER_COLOR_BUG_HELP)
     cli_args.add_progress(parser)
-    cli_args.add_note(parser, "Methods: --checkpoint gives the learned row, --baseline adds (or alone is) one "
-                              "baseline row, --all-methods all three; every method runs on the same crop grid.")
+    cli_args.add_note(parser, "Methods: --checkpoint gives the learned row (without --checkpoint and --baseline: "
+                              "the bundled default model's), --baseline adds (or alone is) one baseline row, "
+                              "--all-methods all three; every method runs on the same crop grid.")
 
 
 def cli_main(args: argparse.Namespace) -> int:

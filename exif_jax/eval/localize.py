@@ -80,8 +80,9 @@ def localize_image(image: np.ndarray, embedder: PatchEmbedder, *, consensus: str
     return Localization(maps[consensus], maps, scores, grid, consensus)
 
 
-def save_outputs(image: np.ndarray, loc: Localization, out_dir: str, stem: str) -> tuple[str, str]:
-    """(png, npy): the map over the photo with a colorbar, and the raw [H, W] f32 map."""
+def save_outputs(image: np.ndarray, loc: Localization, out_dir: str, stem: str, model: str = "") -> tuple[str, str]:
+    """(png, npy): the map over the photo with a colorbar (titled with `model`, the embedder's name), and the
+    raw [H, W] f32 map."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -94,7 +95,8 @@ def save_outputs(image: np.ndarray, loc: Localization, out_dir: str, stem: str) 
     ax.imshow(image)
     im = ax.imshow(loc.map, cmap="jet", alpha=0.5)
     ax.set_axis_off()
-    ax.set_title(f"{stem}: {loc.consensus}, score {loc.scores['score']:.3f}", fontsize=9)
+    by = f"\n{model}" if model else ""
+    ax.set_title(f"{stem}: {loc.consensus}, score {loc.scores['score']:.3f}{by}", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
     png = os.path.join(out_dir, f"{stem}.png")
     fig.savefig(png, bbox_inches="tight")
@@ -151,7 +153,7 @@ def localize_files(paths: Sequence[str], embedder: PatchEmbedder, out_dir: str, 
                 k += 1
                 stem = f"{Path(path).stem}_{k}"
             stems.add(stem)
-            png, npy = save_outputs(image, loc, out_dir, stem)
+            png, npy = save_outputs(image, loc, out_dir, stem, embedder.name)
             g = loc.grid
             line = json.dumps(dict(photo=str(path), embedder=embedder.name, consensus=consensus,
                                    height=g.height, width=g.width, patch=g.patch, stride=g.stride,
@@ -182,13 +184,17 @@ def localize_files(paths: Sequence[str], embedder: PatchEmbedder, out_dir: str, 
 def run(photos: Sequence[str], out_dir: str, *, checkpoint: str | None = None, baseline: str | None = None,
         crop_size: int | None = None, step: int | None = None, paper_color_bug: bool = False,
         stride: int | None = None, num_per_dim: int | None = None, **kwargs: Any) -> int:
-    """Build the embedder (a trained checkpoint, or a baseline at `crop_size`) and localize the photos;
+    """Build the embedder (a trained checkpoint, a baseline at `crop_size`, or else the bundled default model)
+    and localize the photos;
     paper_color_bug: feed the checkpoint's image tower the paper evaluator's colour-wrapped crops."""
     from exif_jax.cli_args import check_grid
     from exif_jax.eval.embedders import make_embedders
 
-    if (checkpoint is None) == (baseline is None):
-        raise ValueError("give --checkpoint WORKDIR or --baseline noise|random (one of them)")
+    from exif_jax import workdir
+
+    if checkpoint is not None and baseline is not None:
+        raise ValueError("give --checkpoint WORKDIR or --baseline noise|random, not both")
+    checkpoint = workdir.default_source(checkpoint, baseline, command="exif-jax localize")
     check_grid(stride, num_per_dim)
     kind = baseline or "learned"
     embedder = make_embedders([kind], checkpoint=checkpoint, step=step, crop_size=crop_size,

@@ -185,7 +185,8 @@ def run_task(feats: Mapping[str, np.ndarray], photo: np.ndarray, labels: Sequenc
 
 def to_markdown(report: Mapping[str, Any]) -> str:
     """The probe results as Markdown: one row per task and feature source."""
-    lines = ["| task | features | classes | photos train/test | patch acc | photo acc | majority (photo) |",
+    lines = [*([f"learned = {report['model']}", ""] if report.get("model") else []),
+             "| task | features | classes | photos train/test | patch acc | photo acc | majority (photo) |",
              "|---|---|---:|---:|---:|---:|---:|"]
     for task, r in report["tasks"].items():
         if "skipped" in r:
@@ -208,6 +209,7 @@ def run_probes(checkpoint: str, data_dir: str, out_dir: str, *, crops_per_photo:
     """Extract features from every source, probe every task, write probes.json and probes.md."""
     from exif_jax.eval import features as F
     from exif_jax.eval.embedders import make_embedders
+    from exif_jax.workdir import model_name
 
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
@@ -216,7 +218,8 @@ def run_probes(checkpoint: str, data_dir: str, out_dir: str, *, crops_per_photo:
     crop = built.crop_size
     cf = F.extract_features(data_dir, built.embedders, crops_per_photo=crops_per_photo, seed=seed, limit=limit,
                             progress=progress)
-    report: dict[str, Any] = {"checkpoint": checkpoint, "data": data_dir, "photos": len(cf.photos),
+    report: dict[str, Any] = {"model": model_name(checkpoint), "checkpoint": checkpoint,
+                              "data": data_dir, "photos": len(cf.photos),
                               "skipped_photos": cf.skipped, "crops_per_photo": crops_per_photo,
                               "crop_size": crop, "test_fraction": test_fraction, "seed": seed,
                               "steps": train_steps, "l2": l2, "tasks": {}}
@@ -244,7 +247,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 def cli_main(args: argparse.Namespace) -> int:
     """Run `run_probes` with the parsed flags."""
     try:
-        run_probes(args.checkpoint, args.data, args.out, crops_per_photo=args.crops_per_photo,
+        from exif_jax import workdir
+
+        checkpoint = workdir.default_source(args.checkpoint, command="exif-jax probe")
+        run_probes(checkpoint, args.data, args.out, crops_per_photo=args.crops_per_photo,
                    test_fraction=args.test_fraction, seed=args.seed, buckets=args.buckets,
                    train_steps=args.train_steps, l2=args.l2, limit=args.limit, step=args.step,
                    tasks=[t for t in args.tasks.split(",") if t], progress=not args.no_progress)

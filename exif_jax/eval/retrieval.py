@@ -89,7 +89,8 @@ def embed_texts(model: Any, tokenizer: Any, texts: Sequence[str], batch: int = 6
 def to_markdown(report: Mapping[str, Any]) -> str:
     """The retrieval results as Markdown: a row per model and direction."""
     cols = [f"R@{k}" for k in KS]
-    lines = ["| model | direction | queries | candidates | " + " | ".join(cols) + " | median rank | chance R@1 |",
+    lines = [*([f"learned = {report['model']}", ""] if report.get("model") else []),
+             "| model | direction | queries | candidates | " + " | ".join(cols) + " | median rank | chance R@1 |",
              "|---|---|---:|---:|" + "---:|" * (len(cols) + 2)]
     for model, dirs in report["models"].items():
         for d, m in dirs.items():
@@ -109,6 +110,7 @@ def run_retrieval(checkpoint: str, data_dir: str, out_dir: str, *, crops_per_pho
     """Embed crops and texts with the trained and the random-init model; write retrieval.json / .md."""
     from exif_jax.eval import features as F
     from exif_jax.eval.embedders import make_embedders
+    from exif_jax.workdir import model_name
     from exif_jax.tokenizer import make_tokenizer
 
     built = make_embedders(("learned", "random-init"), checkpoint=checkpoint, step=step, seed=seed)
@@ -119,7 +121,8 @@ def run_retrieval(checkpoint: str, data_dir: str, out_dir: str, *, crops_per_pho
     text_id = {t: i for i, t in enumerate(texts)}
     photo_text = np.array([text_id[p["text"]] for p in cf.photos])
     tokenizer = make_tokenizer(config)
-    report: dict[str, Any] = {"checkpoint": checkpoint, "data": data_dir, "photos": len(cf.photos),
+    report: dict[str, Any] = {"model": model_name(checkpoint), "checkpoint": checkpoint,
+                              "data": data_dir, "photos": len(cf.photos),
                               "distinct_texts": len(texts), "skipped_photos": cf.skipped,
                               "crops_per_photo": crops_per_photo, "crop_size": crop, "seed": seed, "models": {}}
     for name, m in models.items():
@@ -139,7 +142,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 def cli_main(args: argparse.Namespace) -> int:
     """Run `run_retrieval` with the parsed flags."""
     try:
-        run_retrieval(args.checkpoint, args.data, args.out, crops_per_photo=args.crops_per_photo,
+        from exif_jax import workdir
+
+        checkpoint = workdir.default_source(args.checkpoint, command="exif-jax retrieval")
+        run_retrieval(checkpoint, args.data, args.out, crops_per_photo=args.crops_per_photo,
                       seed=args.seed, limit=args.limit, step=args.step, progress=not args.no_progress)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"exif-jax retrieval: {e}", file=sys.stderr)

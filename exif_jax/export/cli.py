@@ -42,7 +42,8 @@ def export(checkpoint: str, out_dir: str, fmt: str = "all", *, step: int | None 
     tok_path = tokenizer_path(config)
     # Parameters are exported as stored; f32 compute keeps the parity checks exact.
     model, config, got_step = workdir.load_model(checkpoint, step, float32=True)
-    result: dict[str, Any] = {"step": got_step, "out": os.path.abspath(out_dir)}
+    result: dict[str, Any] = {"model": workdir.model_name(checkpoint), "step": got_step,
+                              "out": os.path.abspath(out_dir)}
     if fmt in ("hf", "all"):
         write = hf_towers.export_towers if per_tower else hf.export_hf
         result["hf"] = write(model, config, out_dir, tokenizer_model=tok_path)
@@ -71,11 +72,14 @@ def cli_main(args: argparse.Namespace) -> int:
     from exif_jax.export import NotExportable
 
     try:
-        result = export(args.checkpoint, args.out, args.format, step=args.step)
+        from exif_jax import workdir
+
+        result = export(workdir.default_source(args.checkpoint, command="exif-jax export"), args.out, args.format,
+                        step=args.step)
     except (NotExportable, FileNotFoundError, ValueError) as e:
         print(f"exif-jax export: {e}", file=sys.stderr)
         return 2
-    print(f"exported step {result['step']} to {result['out']}")
+    print(f"exported {result['model']} (step {result['step']}) to {result['out']}")
     if "hf" in result and "image_class" in result["hf"]:
         h, out = result["hf"], result["out"]
         print(f"transformers: {h['image_class']}.from_pretrained({out + '/image'!r}) (logits = image embedding), "

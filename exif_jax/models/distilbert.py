@@ -14,12 +14,16 @@ Computation as DistilBertModel in eval mode: word + position embeddings -> Layer
 post-LN: x = LN(x + attn(x)), x = LN(x + lin2(gelu(lin1(x)))), GELU exact (erf), attention scale
 head_dim**-0.5, padded keys masked. The paper's EXIFNet.encode_text (avg_word_embs=True) then averages the
 last hidden state over the attention mask (tokens != pad_id); no projection, no final LayerNorm.
+model.attention and model.norm_dtype do not apply here: this tower keeps its einsum attention (softmax in f32)
+and LayerNorms in the compute dtype, as its torch parity tests pin them; model.text.remat does.
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from exif_jax.models.vit import REMAT_POLICIES, check_choice, remat_block_call
 
 LN_EPS = 1e-12
 INIT_STD = 0.02  # DistilBertConfig.initializer_range
@@ -99,21 +103,17 @@ class Block(nnx.Module):
         return self.output_layer_norm(x + self.ffn(x))
 
 
-def _block_call(block: Block, x: jax.Array, valid: jax.Array) -> jax.Array:
-    return block(x, valid)
-
-
 class Transformer(nnx.Module):
     """The stack of blocks (DistilBERT's `transformer.layer`)."""
 
     def __init__(self, width: int, depth: int, heads: int, hidden: int, *, dtype, param_dtype,
-                 remat: bool = False, rngs: nnx.Rngs):
-        self.remat = remat
+                 remat: str = "none", rngs: nnx.Rngs):
+        self.remat = check_choice(remat, REMAT_POLICIES, "model.text.remat")
         self.layer = nnx.List([Block(width, heads, hidden, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
                                for _ in range(depth)])
 
     def __call__(self, x: jax.Array, valid: jax.Array) -> jax.Array:
-        call = nnx.remat(_block_call) if self.remat else _block_call
+        call = remat_block_call(self.remat)
         for block in self.layer:
             x = call(block, x, valid)
         return x
@@ -124,7 +124,7 @@ class DistilBert(nnx.Module):
 
     def __init__(self, *, vocab_size: int, max_len: int = 512, width: int = 768, depth: int = 6, heads: int = 12,
                  mlp_dim: int = 3072, pad_id: int = 0, num_classes: int | None = None, head_bias: bool = True,
-                 dtype=jnp.float32, param_dtype=jnp.float32, remat: bool = False, rngs: nnx.Rngs):
+                 dtype=jnp.float32, param_dtype=jnp.float32, remat: str = "none", rngs: nnx.Rngs):
         if vocab_size <= 0:
             raise ValueError(f"vocab_size must be positive, got {vocab_size}")
         self.max_len, self.pad_id = int(max_len), int(pad_id)

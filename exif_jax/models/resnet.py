@@ -10,6 +10,8 @@ BatchNorm: eps 1e-5, torch momentum 0.1 (= flax 0.9). Flax keeps the biased batc
 variance where torch keeps the unbiased one; at batch sizes that train a ResNet the difference is < 1e-3.
 Mode: `model.train()` uses batch statistics over the whole (global) batch and updates the running ones;
 `model.eval()` uses the running ones; `bn_frozen=True` uses the running ones in both modes.
+norm_dtype (model.norm_dtype): what the BatchNorms compute and output in (None: the compute dtype; their
+statistics are f32 either way).
 """
 from __future__ import annotations
 
@@ -45,17 +47,19 @@ def _bn(c: int, dtype, param_dtype, rngs: nnx.Rngs) -> nnx.BatchNorm:
 class Bottleneck(nnx.Module):
     """1x1 -> 3x3 (stride here, v1.5) -> 1x1 x4, with a projection shortcut where shapes change."""
 
-    def __init__(self, cin: int, planes: int, stride: int, *, frozen: bool, dtype, param_dtype, rngs: nnx.Rngs):
+    def __init__(self, cin: int, planes: int, stride: int, *, frozen: bool, dtype, param_dtype, norm_dtype=None,
+                 rngs: nnx.Rngs):
         cout = planes * EXPANSION
+        norm_dtype = norm_dtype or dtype
         self.frozen = frozen
         self.conv1 = _conv(cin, planes, 1, 1, 0, dtype, param_dtype, rngs)
-        self.bn1 = _bn(planes, dtype, param_dtype, rngs)
+        self.bn1 = _bn(planes, norm_dtype, param_dtype, rngs)
         self.conv2 = _conv(planes, planes, 3, stride, 1, dtype, param_dtype, rngs)
-        self.bn2 = _bn(planes, dtype, param_dtype, rngs)
+        self.bn2 = _bn(planes, norm_dtype, param_dtype, rngs)
         self.conv3 = _conv(planes, cout, 1, 1, 0, dtype, param_dtype, rngs)
-        self.bn3 = _bn(cout, dtype, param_dtype, rngs)
+        self.bn3 = _bn(cout, norm_dtype, param_dtype, rngs)
         self.downsample = (nnx.List([_conv(cin, cout, 1, stride, 0, dtype, param_dtype, rngs),
-                                     _bn(cout, dtype, param_dtype, rngs)])
+                                     _bn(cout, norm_dtype, param_dtype, rngs)])
                            if stride != 1 or cin != cout else None)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -74,11 +78,11 @@ class ResNet(nnx.Module):
     def __init__(self, *, variant: str = "50", width: int = 64, num_classes: int | None = None,
                  head_bias: bool = True,
                  bn_frozen: bool = False, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
-                 dtype=jnp.bfloat16, param_dtype=jnp.float32, rngs: nnx.Rngs):
+                 dtype=jnp.bfloat16, param_dtype=jnp.float32, norm_dtype=None, rngs: nnx.Rngs):
         stages = stages_for(variant)
         self.mean, self.std, self.dtype, self.frozen = tuple(mean), tuple(std), dtype, bn_frozen
         self.conv1 = _conv(3, width, 7, 2, 3, dtype, param_dtype, rngs)
-        self.bn1 = _bn(width, dtype, param_dtype, rngs)
+        self.bn1 = _bn(width, norm_dtype or dtype, param_dtype, rngs)
         cin = width
         for i, blocks in enumerate(stages):
             planes = width * 2**i
@@ -86,7 +90,7 @@ class ResNet(nnx.Module):
             for j in range(blocks):
                 stride = 2 if (i > 0 and j == 0) else 1
                 layer.append(Bottleneck(cin, planes, stride, frozen=bn_frozen, dtype=dtype,
-                                        param_dtype=param_dtype, rngs=rngs))
+                                        param_dtype=param_dtype, norm_dtype=norm_dtype, rngs=rngs))
                 cin = planes * EXPANSION
             setattr(self, f"layer{i + 1}", nnx.List(layer))
         self.out_features = cin

@@ -28,7 +28,8 @@ class TextTransformer(nnx.Module):
     def __init__(self, *, vocab_size: int, max_len: int, width: int, depth: int, heads: int, mlp_dim: int,
                  pool: str = "mean", pad_id: int = 0, eos_id: int = 1, mask_pad: bool = True,
                  causal: bool = False, num_classes: int | None = None, head_bias: bool = True,
-                 dtype=jnp.bfloat16, param_dtype=jnp.float32, remat: bool = False, rngs: nnx.Rngs):
+                 dtype=jnp.bfloat16, param_dtype=jnp.float32, remat: str = "none", attention: str = "xla",
+                 norm_dtype=None, rngs: nnx.Rngs):
         if pool not in POOLS:
             raise ValueError(f"text pool must be one of {POOLS}, got {pool!r}")
         if vocab_size <= 0:
@@ -39,7 +40,7 @@ class TextTransformer(nnx.Module):
         self.pos_embedding = nnx.Param(
             nnx.initializers.normal(1 / math.sqrt(width))(rngs.params(), (1, max_len, width), param_dtype))
         self.Encoder_0 = Encoder(width, depth, heads, mlp_dim, dtype=dtype, param_dtype=param_dtype,
-                                 remat=remat, rngs=rngs)
+                                 remat=remat, attention=attention, norm_dtype=norm_dtype, rngs=rngs)
         self.head = (nnx.Linear(width, num_classes, use_bias=head_bias, dtype=dtype, param_dtype=param_dtype,
                                 rngs=rngs) if num_classes else None)
 

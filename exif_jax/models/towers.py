@@ -22,6 +22,25 @@ def _dtype(name: str):
     return jnp.dtype(name)
 
 
+def _norm_dtype(m: ml_collections.ConfigDict):
+    """model.norm_dtype as a dtype; "" -> None (the towers then use the compute dtype)."""
+    return _dtype(m.norm_dtype) if m.norm_dtype else None
+
+
+def _remat(cfg: ml_collections.ConfigDict, tower: str) -> str:
+    """model.<tower>.remat, checked against vit.REMAT_POLICIES (a clear error for the old true/false)."""
+    if isinstance(cfg.remat, bool) or str(cfg.remat).lower() in ("true", "false"):
+        raise ValueError(f"model.{tower}.remat is a policy now, one of {', '.join(vit.REMAT_POLICIES)} "
+                         f"(the old boolean: true -> 'full', false -> 'none'), got {cfg.remat!r}")
+    return vit.check_choice(cfg.remat, vit.REMAT_POLICIES, f"model.{tower}.remat")
+
+
+def _knobs(m: ml_collections.ConfigDict) -> dict:
+    """The step's speed knobs both transformer towers take (exif_jax/schema.py: model.attention, norm_dtype)."""
+    return dict(attention=vit.check_choice(m.attention, vit.ATTENTION, "model.attention"),
+                norm_dtype=_norm_dtype(m))
+
+
 def _head_classes(cfg: ml_collections.ConfigDict, width: int, embed_dim: int, tower: str) -> int | None:
     kind = cfg.head
     if kind == "linear":
@@ -51,10 +70,10 @@ def _image_tower(m: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
         s = vit_sizes(img)
         return vit.VisionTransformer(image_size=int(img.size), pool=img.pool,
                                      num_classes=_head_classes(img, s["width"], m.embed_dim, "image"),
-                                     remat=img.remat, **s, **common)
+                                     remat=_remat(img, "image"), **_knobs(m), **s, **common)
     if img.kind == "resnet":
         variant, width = resnet_sizes(img)
-        return resnet.ResNet(variant=variant, width=width, bn_frozen=img.bn_frozen,
+        return resnet.ResNet(variant=variant, width=width, bn_frozen=img.bn_frozen, norm_dtype=_norm_dtype(m),
                              num_classes=_head_classes(img, width * 32, m.embed_dim, "image"), **common)
     raise ValueError(f"model.image.kind must be 'vit' or 'resnet', got {img.kind!r}")
 
@@ -65,15 +84,15 @@ def _text_tower(m: ml_collections.ConfigDict, vocab_size: int, rngs: nnx.Rngs) -
         return distilbert.DistilBert(
             vocab_size=vocab_size, max_len=int(t.max_len), width=t.width, depth=t.depth, heads=t.heads,
             mlp_dim=t.mlp_dim, pad_id=t.pad_id, num_classes=_head_classes(t, t.width, m.embed_dim, "text"),
-            head_bias=t.head_bias, dtype=_dtype(m.dtype), param_dtype=_dtype(m.param_dtype), remat=t.remat,
-            rngs=rngs)
+            head_bias=t.head_bias, dtype=_dtype(m.dtype), param_dtype=_dtype(m.param_dtype),
+            remat=_remat(t, "text"), rngs=rngs)
     if t.kind != "transformer":
         raise ValueError(f"model.text.kind must be 'transformer' or 'distilbert', got {t.kind!r}")
     return text.TextTransformer(
         vocab_size=vocab_size, max_len=int(t.max_len), width=t.width, depth=t.depth, heads=t.heads,
         mlp_dim=t.mlp_dim, pool=t.pool, pad_id=t.pad_id, eos_id=t.eos_id, mask_pad=t.mask_pad, causal=t.causal,
         num_classes=_head_classes(t, t.width, m.embed_dim, "text"), head_bias=t.head_bias,
-        dtype=_dtype(m.dtype), param_dtype=_dtype(m.param_dtype), remat=t.remat, rngs=rngs)
+        dtype=_dtype(m.dtype), param_dtype=_dtype(m.param_dtype), remat=_remat(t, "text"), **_knobs(m), rngs=rngs)
 
 
 def l2_normalize(x: jax.Array) -> jax.Array:

@@ -29,6 +29,7 @@ scale head_dim**-0.5, patch conv with bias and VALID padding, no cls token, pool
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +38,15 @@ from flax import nnx
 
 LN_EPS = 1e-6
 POOLS = ("avg", "map", "cls")
+# model.attention: how q.k -> softmax -> p.v is computed (same math; exif_jax/schema.py says when to use which).
+ATTENTION = ("xla", "cudnn", "einsum")
+# model.{image,text}.remat: what a block keeps for the backward pass (None: no rematerialization at all).
+REMAT_POLICIES: dict[str, Callable[..., bool] | None] = {
+    "none": None,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # projections/MLP outputs kept
+    "dots_all": jax.checkpoint_policies.checkpoint_dots,                # every matmul output kept
+    "full": jax.checkpoint_policies.nothing_saveable,                   # only the block's input kept
+}
 
 # Name -> (width, depth, heads, mlp_dim, patch); big_vision's table (arXiv:2106.04560, Table 2).
 VARIANTS: dict[str, tuple[int, int, int, int]] = {
@@ -66,13 +76,50 @@ def _dense_kw(dtype, param_dtype, rngs: nnx.Rngs) -> dict:
                 bias_init=nnx.initializers.normal(1e-6), rngs=rngs)
 
 
+def check_choice(value: str, choices, key: str) -> str:
+    """`value` if it is one of `choices`, else a ValueError naming the config key and the choices."""
+    if value not in choices:
+        raise ValueError(f"{key} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, implementation: str = "xla",
+           softmax_dtype=jnp.float32) -> jax.Array:
+    """softmax(q.k^T / sqrt(head_dim), masked) . v for q [B,T,N,H], k/v [B,S,N,H], mask broadcasting to
+    [B,N,T,S] (True = attend). "xla"/"cudnn": jax.nn.dot_product_attention with that implementation (logits
+    and softmax in f32); "einsum": written out, logits and softmax in `softmax_dtype`."""
+    if implementation == "einsum":
+        logits = jnp.einsum("btnh,bsnh->bnts", q, k, preferred_element_type=softmax_dtype)
+        logits = logits * jnp.asarray(q.shape[-1] ** -0.5, softmax_dtype)
+        if mask is not None:
+            logits = jnp.where(mask, logits, jnp.finfo(softmax_dtype).min)
+        probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+        return jnp.einsum("bnts,bsnh->btnh", probs, v)
+    if implementation == "cudnn":
+        platform = jax.devices()[0].platform
+        if platform != "gpu":
+            raise ValueError(f"model.attention='cudnn' runs cuDNN's fused attention, which needs a CUDA GPU; "
+                             f"this backend is {platform!r}: use model.attention='xla' (the same math)")
+        if q.dtype not in (jnp.bfloat16, jnp.float16):
+            raise ValueError(f"model.attention='cudnn' needs model.dtype bfloat16 or float16 (cuDNN's fused "
+                             f"attention has no {q.dtype} kernel): use model.attention='xla'")
+        if mask is not None:  # cuDNN takes the mask as a bias of [B or 1, N or 1, T, S]
+            mask = jnp.broadcast_to(mask, (*mask.shape[:2], q.shape[1], k.shape[1]))
+    else:
+        check_choice(implementation, ATTENTION, "model.attention")
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
+
+
 class MultiHeadDotProductAttention(nnx.Module):
     """Separate q/k/v/out projections with kernels [D, heads, head_dim] and [heads, head_dim, D]."""
 
-    def __init__(self, width: int, heads: int, *, dtype, param_dtype, rngs: nnx.Rngs):
+    def __init__(self, width: int, heads: int, *, dtype, param_dtype, attention: str = "xla",
+                 softmax_dtype=jnp.float32, rngs: nnx.Rngs):
         if width % heads:
             raise ValueError(f"width {width} is not divisible by heads {heads}")
         hd = width // heads
+        self.attention = check_choice(attention, ATTENTION, "model.attention")
+        self.softmax_dtype = softmax_dtype
         kw = _dense_kw(dtype, param_dtype, rngs)
         self.query = nnx.LinearGeneral(width, (heads, hd), **kw)
         self.key = nnx.LinearGeneral(width, (heads, hd), **kw)
@@ -82,9 +129,7 @@ class MultiHeadDotProductAttention(nnx.Module):
     def __call__(self, q_in: jax.Array, kv_in: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         """q_in [B,T,D] attends to kv_in [B,S,D]; mask broadcasts to [B,heads,T,S] (True = attend)."""
         q, k, v = self.query(q_in), self.key(kv_in), self.value(kv_in)
-        # Logits and softmax in f32 even for bf16 inputs; scale head_dim**-0.5.
-        y = jax.nn.dot_product_attention(q, k, v, mask=mask)
-        return self.out(y)
+        return self.out(attend(q, k, v, mask, self.attention, self.softmax_dtype))
 
 
 class MlpBlock(nnx.Module):
@@ -100,17 +145,22 @@ class MlpBlock(nnx.Module):
 
 
 def _layer_norm(width: int, dtype, param_dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    # Statistics are f32 whatever `dtype` is (flax); `dtype` is what the normalized output is computed in.
     return nnx.LayerNorm(width, epsilon=LN_EPS, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
 
 class Encoder1DBlock(nnx.Module):
-    """Pre-LN block: x + MHSA(LN(x)), then x + MLP(LN(x))."""
+    """Pre-LN block: x + MHSA(LN(x)), then x + MLP(LN(x)). norm_dtype: LayerNorms' and the "einsum"
+    attention's softmax dtype (None: the compute dtype)."""
 
-    def __init__(self, width: int, heads: int, mlp_dim: int, *, dtype, param_dtype, rngs: nnx.Rngs):
-        self.LayerNorm_0 = _layer_norm(width, dtype, param_dtype, rngs)
+    def __init__(self, width: int, heads: int, mlp_dim: int, *, dtype, param_dtype, attention: str = "xla",
+                 norm_dtype=None, rngs: nnx.Rngs):
+        norm_dtype = norm_dtype or dtype
+        self.LayerNorm_0 = _layer_norm(width, norm_dtype, param_dtype, rngs)
         self.MultiHeadDotProductAttention_0 = MultiHeadDotProductAttention(
-            width, heads, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.LayerNorm_1 = _layer_norm(width, dtype, param_dtype, rngs)
+            width, heads, dtype=dtype, param_dtype=param_dtype, attention=attention, softmax_dtype=norm_dtype,
+            rngs=rngs)
+        self.LayerNorm_1 = _layer_norm(width, norm_dtype, param_dtype, rngs)
         self.MlpBlock_0 = MlpBlock(width, mlp_dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
@@ -119,26 +169,35 @@ class Encoder1DBlock(nnx.Module):
         return x + self.MlpBlock_0(self.LayerNorm_1(x))
 
 
-def _block_call(block: Encoder1DBlock, x: jax.Array, mask: jax.Array | None) -> jax.Array:
+def _block_call(block: nnx.Module, x: jax.Array, mask: jax.Array | None) -> jax.Array:
     return block(x, mask)
+
+
+def remat_block_call(policy: str, key: str = "model.{image,text}.remat") -> Callable:
+    """block(x, mask) as a function, rematerialized per block under the named policy (REMAT_POLICIES)."""
+    check_choice(policy, REMAT_POLICIES, key)
+    if policy == "none":
+        return _block_call
+    return nnx.remat(_block_call, policy=REMAT_POLICIES[policy])
 
 
 class Encoder(nnx.Module):
     """`depth` blocks named encoderblock_{i} and a final LayerNorm `encoder_norm`."""
 
     def __init__(self, width: int, depth: int, heads: int, mlp_dim: int, *, dtype, param_dtype,
-                 remat: bool = False, rngs: nnx.Rngs):
+                 remat: str = "none", attention: str = "xla", norm_dtype=None, rngs: nnx.Rngs):
         self.depth = depth
-        self.remat = remat
+        self.remat = check_choice(remat, REMAT_POLICIES, "model.{image,text}.remat")
         for i in range(depth):
             setattr(self, f"encoderblock_{i}", Encoder1DBlock(
-                width, heads, mlp_dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs))
-        self.encoder_norm = _layer_norm(width, dtype, param_dtype, rngs)
+                width, heads, mlp_dim, dtype=dtype, param_dtype=param_dtype, attention=attention,
+                norm_dtype=norm_dtype, rngs=rngs))
+        self.encoder_norm = _layer_norm(width, norm_dtype or dtype, param_dtype, rngs)
 
     def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         """[B, L, D] -> [B, L, D] (after the final LayerNorm)."""
-        # Rematerialize per block: activations of one block live at a time in the backward pass.
-        call = nnx.remat(_block_call) if self.remat else _block_call
+        # Rematerialized per block: in the backward pass one block's activations are recomputed at a time.
+        call = remat_block_call(self.remat)
         for i in range(self.depth):
             x = call(getattr(self, f"encoderblock_{i}"), x, mask)
         return self.encoder_norm(x)
@@ -147,12 +206,15 @@ class Encoder(nnx.Module):
 class MAPHead(nnx.Module):
     """Multihead attention pooling: a learned probe attends to the tokens, then a residual MLP."""
 
-    def __init__(self, width: int, heads: int, mlp_dim: int, *, dtype, param_dtype, rngs: nnx.Rngs):
+    def __init__(self, width: int, heads: int, mlp_dim: int, *, dtype, param_dtype, attention: str = "xla",
+                 norm_dtype=None, rngs: nnx.Rngs):
         self.dtype = dtype
+        norm_dtype = norm_dtype or dtype
         self.probe = nnx.Param(nnx.initializers.xavier_uniform()(rngs.params(), (1, 1, width), param_dtype))
         self.MultiHeadDotProductAttention_0 = MultiHeadDotProductAttention(
-            width, heads, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.LayerNorm_0 = _layer_norm(width, dtype, param_dtype, rngs)
+            width, heads, dtype=dtype, param_dtype=param_dtype, attention=attention, softmax_dtype=norm_dtype,
+            rngs=rngs)
+        self.LayerNorm_0 = _layer_norm(width, norm_dtype, param_dtype, rngs)
         self.MlpBlock_0 = MlpBlock(width, mlp_dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -178,7 +240,7 @@ class VisionTransformer(nnx.Module):
     def __init__(self, *, image_size: int, patch: int, width: int, depth: int, heads: int, mlp_dim: int,
                  pool: str = "avg", num_classes: int | None = None, head_bias: bool = True,
                  mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), dtype=jnp.bfloat16, param_dtype=jnp.float32,
-                 remat: bool = False, rngs: nnx.Rngs):
+                 remat: str = "none", attention: str = "xla", norm_dtype=None, rngs: nnx.Rngs):
         if pool not in POOLS:
             raise ValueError(f"ViT pool must be one of {POOLS}, got {pool!r}")
         if image_size % patch:
@@ -192,8 +254,9 @@ class VisionTransformer(nnx.Module):
             nnx.initializers.normal(1 / math.sqrt(width))(rngs.params(), (1, n, width), param_dtype))
         self.cls = nnx.Param(jnp.zeros((1, 1, width), param_dtype)) if pool == "cls" else None
         self.Transformer = Encoder(width, depth, heads, mlp_dim, dtype=dtype, param_dtype=param_dtype,
-                                   remat=remat, rngs=rngs)
-        self.MAPHead_0 = (MAPHead(width, heads, mlp_dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+                                   remat=remat, attention=attention, norm_dtype=norm_dtype, rngs=rngs)
+        self.MAPHead_0 = (MAPHead(width, heads, mlp_dim, dtype=dtype, param_dtype=param_dtype, attention=attention,
+                                  norm_dtype=norm_dtype, rngs=rngs)
                           if pool == "map" else None)
         self.head = (nnx.Linear(width, num_classes, use_bias=head_bias, dtype=dtype, param_dtype=param_dtype,
                                 rngs=rngs) if num_classes else None)

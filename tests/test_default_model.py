@@ -1,0 +1,41 @@
+"""The bundled default model: `exif-jax localize photo.jpg -o out/` with no other flag uses it and says so in
+every output; it is small; it is the packaged camera-held-out run (README 'Default model')."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+from exif_jax import workdir
+
+PHOTO = Path(workdir.__file__).parent / "assets" / "photos" / "Canon_EOS_1000D.jpg"
+
+
+def test_default_model_is_bundled_and_small():
+    d = workdir.DEFAULT_MODEL
+    assert workdir.is_packaged(d), f"{d}: the bundled default model is missing"
+    size = sum(f.stat().st_size for f in d.iterdir())
+    assert size < 4 * 2**20, size
+    meta = workdir.packaged_meta(d)
+    assert "not the paper" in meta["name"] and meta["param_dtype_stored"] == "bfloat16"
+    assert workdir.read_config(str(d)).tokenizer.model.startswith(str(d))
+
+
+def test_localize_with_no_model_flag_uses_and_names_the_default(tmp_path):
+    out = tmp_path / "out"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)  # one device is enough
+    r = subprocess.run([sys.executable, "-m", "exif_jax.cli", "localize", str(PHOTO), "-o", str(out),
+                        "--no-progress"], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr
+    name = workdir.model_name(workdir.DEFAULT_MODEL)
+    assert f"using the bundled default model {name!r}" in r.stderr
+    line = json.loads(r.stdout.strip().splitlines()[-1])
+    assert line["embedder"] == f"model:{name}"
+    assert line["patch"] == workdir.read_config(str(workdir.DEFAULT_MODEL)).data.crop_size
+    png = Image.open(line["png"])
+    assert png.size[0] > 300
