@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat setup.py | sha1sum | cut -c1-12)
 # Sharded code is tested on 8 fake CPU devices.
 TEST_ENV := XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu PYTHONUNBUFFERED=1
 
-.PHONY: demo test test-fast venv clean
+.PHONY: demo test test-fast lint venv clean
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ venv: $(STAMP)
 
 test: $(STAMP)
 	$(TEST_ENV) $(PY) -m pytest -q -ra tests
+
+# ruff.toml holds the rules; .ci/run runs this before the tests.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 demo: $(STAMP)
 	$(TEST_ENV) $(PY) -m exif_jax.demo --out demo_out $(DEMO_ARGS)

@@ -40,7 +40,7 @@ setup(
     install_requires=INSTALL_REQUIRES,
     extras_require={
         "torch": ["torch==2.13.0", "transformers==5.24.0", "safetensors==0.8.0"],
-        "dev": ["pytest==9.2.0", "scikit-learn==1.9.1"],
+        "dev": ["pytest==9.2.0", "scikit-learn==1.9.1", "ruff==0.17.6"],
     },
     entry_points={"console_scripts": ["exif-jax=exif_jax.cli:main"]},
 )

@@ -288,12 +288,13 @@ def _cell(x) -> str:
 def markdown(report: dict) -> str:
     """The report as markdown tables: one per stage, then the fastest correct settings."""
     d, v = report["device"], report["versions"]
+    dropped = report["xla_flags"]["dropped_unknown"]
     lines = [f"# GPU suite{' (dry run: tiny shapes on the CPU)' if report['dry_run'] else ''}: "
              f"{d['count']} x {d['kind']}, {report['date']}", "",
              f"jax {v['jax']} (jaxlib {v['jaxlib']}), flax {v['flax']}, optax {v['optax']}, torch {v['torch']}, "
              f"timm {v['timm']}, numpy {v['numpy']}, Python {v['python']}; {report['host_cores']} host cores.",
              f"XLA flags: {' '.join(report['xla_flags']['applied']) or 'none'}"
-             f"{'; dropped as unknown: ' + ' '.join(report['xla_flags']['dropped_unknown']) if report['xla_flags']['dropped_unknown'] else ''}.",
+             f"{'; dropped as unknown: ' + ' '.join(dropped) if dropped else ''}.",
              ""]
     for name, st in report["stages"].items():
         took = f" ({st['seconds']} s of {st['budget_s']})" if "seconds" in st else ""
@@ -303,7 +304,8 @@ def markdown(report: dict) -> str:
         lines += [f"- {n}" for n in st.get("notes", [])] + ([""] if st.get("notes") else [])
         rows = st.get("rows", [])
         if name in ("vit_b16", "resnet50_paper", "flags") and rows:
-            lines += ["| setting | batch | status | compile s | s/step | img/s | MFU | loss (first, last) | grad norm | correct |",
+            lines += ["| setting | batch | status | compile s | s/step | img/s | MFU | loss (first, last) | grad norm "
+                      "| correct |",
                       "|---|---:|---|---:|---:|---:|---:|---|---:|---|"]
             for r in rows:
                 label = r.get("setting", "") + (f" [{r['flags']}]" if r.get("flags") else "")

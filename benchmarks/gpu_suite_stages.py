@@ -83,8 +83,8 @@ def train_stage(rec: Recorder, config_file: str, base: tuple, sweep: tuple, *, d
     first two; rows record img/s, MFU, losses and whether they match the default at their batch size.
     lower_only: stop after lowering (status "lowered": the step traces and lowers for this config)."""
     import jax
-
     import train_step
+
     from exif_jax import config as cfg
 
     steps, warmup = (2, 1) if dry_run else (15, 5)
@@ -185,8 +185,8 @@ def mark_correct(rows: list[dict], tol: dict) -> None:
 def peer_row(rec: Recorder, config, deadline: float, dry_run: bool) -> None:
     """The PyTorch peer (benchmarks/train_step.py) at the default's batch, crop, text length and dtype."""
     import jax
-
     import train_step
+
     from exif_jax.models import towers
 
     row = rec.row({"kind": "peer", "setting": "PyTorch peer (timm ViT-B/16 + torch.compile)", "overrides": [],
@@ -225,9 +225,9 @@ def peer_row(rec: Recorder, config, deadline: float, dry_run: bool) -> None:
 def localize_stage(rec: Recorder, *, dry_run: bool, deadline: float) -> None:
     """`exif-jax localize`'s work on one photo (embed every patch, consensus, maps) per image tower."""
     import jax
+    import localize as bench
     import numpy as np
 
-    import localize as bench
     from exif_jax import config as cfg
     from exif_jax.eval.embedders import random_init_model
     from exif_jax.eval.localize import localize_image
@@ -278,10 +278,10 @@ def _seconds(fn) -> float:
 def input_stage(rec: Recorder, *, dry_run: bool, deadline: float) -> None:
     """Crops/s of the real loader over region-decodable records built from camera photos: one process (and
     per CPU-second), and grain workers on every core but one."""
+    import input_pipeline as bench
     import numpy as np
     from PIL import Image
 
-    import input_pipeline as bench
     from exif_jax import tokenizer as tk
 
     fullres = ROOT.parent / "shared" / "data" / "fullres"
@@ -300,7 +300,7 @@ def input_stage(rec: Recorder, *, dry_run: bool, deadline: float) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         bench.warm_numba()
         t = time.perf_counter()
-        s = bench.timed_build(photos, os.path.join(tmp, "fast"), True, workers=1 if dry_run else cores)
+        bench.timed_build(photos, os.path.join(tmp, "fast"), True, workers=1 if dry_run else cores)
         rec.row({"measure": "build-data (region-decode rewrite)", "photos": len(photos), "mean_MP": round(mp, 2),
                  "source": source, "value": round(time.perf_counter() - t, 2), "unit": "s wall",
                  "processes": 1 if dry_run else cores})

@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from exif_jax.eval import baselines, consensus as cons
+from exif_jax.eval import baselines
+from exif_jax.eval import consensus as cons
 from exif_jax.eval.embedders import random_init_model
 from exif_jax.eval.patches import Grid, default_mesh, embed_patches, make_grid, model_embedder, replicate
 from exif_jax.models import resnet, towers, vit

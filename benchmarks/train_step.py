@@ -221,8 +221,8 @@ def main() -> None:
     print(f"| PyTorch peer (torch {peer['torch']}, timm + torch.compile, {cast}; {peer['device']}) | "
           f"{peer['sec']:.4f} | "
           f"{peer['img_s']:,.1f} | {peer_mfu:.3f} |")
-    print(f"\nratio exif-jax / PyTorch: {ours['img_s'] / peer['img_s']:.2f}x "
-          f"(same device, same run{'; ours on ' + str(jax.device_count()) + ' devices' if jax.device_count() > 1 else ''})")
+    ours_on = f"; ours on {jax.device_count()} devices" if jax.device_count() > 1 else ""
+    print(f"\nratio exif-jax / PyTorch: {ours['img_s'] / peer['img_s']:.2f}x (same device, same run{ours_on})")
 
 
 if __name__ == "__main__":

@@ -48,7 +48,8 @@ def resolve(config: ml_collections.ConfigDict, source: str = "config") -> ml_col
     img = config.model.image
     if img.kind == "vit":
         preset = vit.decode_variant(img.variant)
-        clash = [f"model.image.{k}={img[k]}" for k in VIT_SIZES if img[k] is not None and img[k] != preset.get(k, img[k])]
+        clash = [f"model.image.{k}={img[k]}" for k in VIT_SIZES
+                 if img[k] is not None and img[k] != preset.get(k, img[k])]
         if clash:
             sizes = ", ".join(f"{k}={v}" for k, v in preset.items())
             raise ValueError(

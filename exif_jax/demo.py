@@ -121,8 +121,8 @@ def evaluate(bench: Path, workdir: Path, out: Path) -> dict:
 
 def export_and_check(workdir: Path, out: Path) -> dict:
     """Export to transformers, reload with SiglipModel, compare embeddings on real crops and EXIF texts."""
-    from exif_jax.data import pipeline
     from exif_jax import workdir as workdir_lib
+    from exif_jax.data import pipeline
     from exif_jax.data.crops import read_rgb
     from exif_jax.export import cli as export_cli
     from exif_jax.export.parity import hf_parity

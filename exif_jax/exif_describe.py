@@ -13,8 +13,22 @@ from typing import Any, Callable, Mapping
 
 from exif_jax.exif_tiff import EXIF_DIRECTORIES, TAG_NAMES
 from exif_jax.exif_values import (
-    Rat, _Big, _dformat, _f32, _get_double, _get_float, _get_int, _get_int_array, _get_rational, _get_string,
-    _jint, _jround, _rat_is_int, _rat_simple, _rdouble)
+    Rat,
+    _Big,
+    _dformat,
+    _f32,
+    _get_double,
+    _get_float,
+    _get_int,
+    _get_int_array,
+    _get_rational,
+    _get_string,
+    _jint,
+    _jround,
+    _rat_is_int,
+    _rat_simple,
+    _rdouble,
+)
 
 
 def _indexed(base: int, *names: str | None) -> Callable[[dict, int], str | None]:

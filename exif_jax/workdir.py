@@ -46,7 +46,8 @@ def for_inference(config: ml_collections.ConfigDict, float32: bool = False) -> m
     return config
 
 
-def load_model(path: str, step: int | None = None, *, float32: bool = False) -> tuple[Any, ml_collections.ConfigDict, int]:
+def load_model(path: str, step: int | None = None, *,
+               float32: bool = False) -> tuple[Any, ml_collections.ConfigDict, int]:
     """(model in eval mode, config, step) from a workdir's newest checkpoint (or `step`), or from a packaged
     model (its one step); float32 computes in f32 whatever the run trained with (parameters as stored)."""
     from exif_jax import checkpoint
@@ -162,8 +163,12 @@ def package(run: str, out: str, *, name: str, dtype: str = "bfloat16", step: int
     model, config, got_step = load_model(run, step)
     _, params, rest = nnx.split(model, nnx.Param, ...)
     to = {"bfloat16": ml_dtypes.bfloat16, "float32": np.float32}[dtype]
-    state = {"params": jax.tree.map(lambda a: np.asarray(a).astype(to) if np.issubdtype(np.asarray(a).dtype, np.floating)
-                                    else np.asarray(a), params.to_pure_dict()),
+
+    def stored(a: Any) -> np.ndarray:
+        a = np.asarray(a)
+        return a.astype(to) if np.issubdtype(a.dtype, np.floating) else a
+
+    state = {"params": jax.tree.map(stored, params.to_pure_dict()),
              "rest": jax.tree.map(np.asarray, rest.to_pure_dict())}
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -427,7 +427,7 @@ def test_yfcc_mode(tmp_path):
     recs = check_consistent(out, s, src_of=lambda pid: imgs / f"{pid}.jpg")
     assert set(recs) == set(want)
     for pid, (p, tags) in want.items():
-        assert recs[pid]["text"] == exif.render_text(tags) and f"Model: From TSV" in recs[pid]["text"]
+        assert recs[pid]["text"] == exif.render_text(tags) and "Model: From TSV" in recs[pid]["text"]
         assert recs[pid]["camera"] == exif.camera_key(tags)
     assert {r: v["files"] for r, v in s["skipped"].items()} == {
         "missing": ["2000"], "no_exif": ["2001"], "no_camera": ["2002"]}

@@ -52,7 +52,8 @@ def test_variant_fills_sizes_and_config_json_records_them():
 
 
 def test_a_size_that_disagrees_with_the_variant_is_an_error_naming_both():
-    with pytest.raises(ValueError, match=r"model\.image\.width=384, model\.image\.patch=32 conflicts with model\.image\.variant=.B/16."):
+    with pytest.raises(ValueError, match=r"model\.image\.width=384, model\.image\.patch=32 conflicts with "
+                                         r"model\.image\.variant=.B/16."):
         cfg.load_config(str(REPO / "configs" / "vit_b16.py"), ["model.image.patch=32", "model.image.width=384"])
     with pytest.raises(ValueError, match=r"model\.image\.width=64, .*conflicts with model\.image\.variant='S/16'"):
         cfg.load_config(str(REPO / "configs" / "tiny.py"), ["model.image.variant=S/16"])

@@ -19,6 +19,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from conftest import SIGLIP_OVERRIDES  # noqa: E402
+
 from exif_jax import cli, exif, train  # noqa: E402
 from exif_jax.config import VIT_SIZES  # noqa: E402
 from exif_jax.data import pipeline  # noqa: E402
@@ -197,7 +198,8 @@ def test_timm_resnet_needs_timms_64_channel_stem(tmp_path, capsys):
     assert rc == 2 and "model.image.width=8" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
     spec = timm.timm_spec(load_config(["model.image.kind=resnet", "model.image.variant=50"]))
-    assert spec["model_name"] == "resnet50" and spec["kwargs"] == {"layers": [3, 4, 6, 3], "num_classes": 32}  # tiny embed_dim
+    # num_classes: the tiny config's embed_dim
+    assert spec["model_name"] == "resnet50" and spec["kwargs"] == {"layers": [3, 4, 6, 3], "num_classes": 32}
     assert "timm.models.load_checkpoint(model, 'w.safetensors')" in timm.usage(spec, "w.safetensors")
 
 
@@ -290,8 +292,8 @@ def test_timm_npz_has_every_key_timm_reads(trained, tmp_path):
         spec = check_npz(str(out))
         assert spec["kwargs"]["global_pool"] == pool
     assert spec["kwargs"]["no_embed_class"] is True  # cls: our cls token gets no position embedding
-    assert timm.timm_spec(load_config(SIGLIP + ["model.image.variant=B/16"] + [f"model.image.{k}=None" for k in VIT_SIZES]))["model_name"] == \
-        "vit_base_patch16_siglip_224"
+    b16 = load_config(SIGLIP + ["model.image.variant=B/16"] + [f"model.image.{k}=None" for k in VIT_SIZES])
+    assert timm.timm_spec(b16)["model_name"] == "vit_base_patch16_siglip_224"
 
 
 def _n2p(w: np.ndarray, t: bool = True):

@@ -6,8 +6,7 @@ import warnings
 
 import numpy as np
 import pytest
-from sklearn.metrics import (average_precision_score, f1_score, jaccard_score, matthews_corrcoef,
-                             roc_auc_score)
+from sklearn.metrics import average_precision_score, f1_score, jaccard_score, matthews_corrcoef, roc_auc_score
 
 from exif_jax.eval import metrics as M
 

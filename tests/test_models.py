@@ -10,7 +10,8 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from exif_jax.config import resolve
 from exif_jax.models import resnet, text, towers, vit

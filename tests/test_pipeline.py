@@ -12,7 +12,8 @@ import ml_collections
 import numpy as np
 import pytest
 from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 from PIL import Image
 
 from exif_jax.data import build, pipeline, records
@@ -145,8 +146,9 @@ def test_batches_are_native_pixels_with_ids_and_tokens(data_dir):
 
 def test_seed_determines_batches(data_dir):
     cfg = make_config(data_dir)
-    run = lambda seed: take(pipeline.make_loader(cfg, ByteTokenizer(), seed=seed, process_index=0,
-                                                 process_count=1), 4)
+    def run(seed):
+        return take(pipeline.make_loader(cfg, ByteTokenizer(), seed=seed, process_index=0,
+                                                     process_count=1), 4)
     a, b, c = run(7), run(7), run(8)
     assert_same(a, b)
     assert any(not np.array_equal(x["image_id"], y["image_id"]) for x, y in zip(a, c))
@@ -186,7 +188,8 @@ def test_restore_state_gives_identical_next_batches(data_dir, k, spread):
 def test_orbax_checkpoint_round_trip(data_dir, tmp_path):
     ocp = pytest.importorskip("orbax.checkpoint")
     cfg = make_config(data_dir)
-    mk = lambda: pipeline.make_loader(cfg, ByteTokenizer(), seed=2, process_index=0, process_count=1)
+    def mk():
+        return pipeline.make_loader(cfg, ByteTokenizer(), seed=2, process_index=0, process_count=1)
     it = iter(mk())
     for _ in range(3):
         next(it)
@@ -355,11 +358,13 @@ def test_crops_of_a_photo_spread_across_batches(data_dir):
                                                                                    spread_batches=1)
     spread = take(pipeline.make_loader(spread_cfg, ByteTokenizer(), seed=6, process_index=0, process_count=1), 8)
     plain = take(pipeline.make_loader(plain_cfg, ByteTokenizer(), seed=6, process_index=0, process_count=1), 8)
-    key = lambda bs: sorted(zip(np.concatenate([b["image_id"] for b in bs]).tolist(),
-                                map(tuple, np.concatenate([b["offset"] for b in bs]).tolist())))
+    def key(bs):
+        return sorted(zip(np.concatenate([b["image_id"] for b in bs]).tolist(),
+                                    map(tuple, np.concatenate([b["offset"] for b in bs]).tolist())))
     for w in range(2):  # each window of 48 crops holds exactly the crops the unspread stream has there
         assert key(spread[4 * w:4 * w + 4]) == key(plain[4 * w:4 * w + 4])
-    per_batch = lambda bs: [len(np.unique(b["image_id"])) for b in bs]
+    def per_batch(bs):
+        return [len(np.unique(b["image_id"])) for b in bs]
     assert per_batch(plain) == [3] * 8  # 3 photos x 4 crops: neighbours in one batch
     assert np.mean(per_batch(spread)) > 6
     # and the spread stream resumes exactly from any point: mid-window, at a window's end, before the start

@@ -11,11 +11,11 @@ from urllib.parse import unquote
 
 import numpy as np
 import pytest
+from headless_chromium import Browser, find_chromium
 from PIL import Image
 
 from exif_jax import cli
 from exif_jax.eval.splices import make_splices
-from headless_chromium import Browser, find_chromium
 
 PHOTOS = Path(__file__).resolve().parents[1] / "exif_jax" / "assets" / "photos"
 METHODS = ("learned", "classical", "random")

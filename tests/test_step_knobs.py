@@ -9,10 +9,10 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from test_models import VOCAB, images, tiny_config, tokens
 
 from exif_jax.eval.embedders import random_init_model
 from exif_jax.models import towers
-from test_models import VOCAB, images, tiny_config, tokens
 
 # f32 on the CPU: the variants reorder the same float operations, nothing more.
 RTOL, ATOL = 2e-5, 1e-6
@@ -115,7 +115,8 @@ def test_resnet_takes_norm_dtype():
     c = small_config(norm_dtype="float32", **{"image.kind": "resnet", "image.variant": "tiny", "image.width": 8,
                                               "image.pool": "avg"})
     bns = [x.dtype for _, x in nnx.iter_graph(abstract_model(c).image) if isinstance(x, nnx.BatchNorm)]
-    assert len(bns) == 1 + 4 * 4 and set(bns) == {jnp.dtype(jnp.float32)}  # stem + 3 per block and a downsample per stage
+    # the stem + 3 per block and a downsample per stage
+    assert len(bns) == 1 + 4 * 4 and set(bns) == {jnp.dtype(jnp.float32)}
 
 
 def test_choices_this_backend_cannot_run_fail_by_name():

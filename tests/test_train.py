@@ -23,7 +23,6 @@ import pytest
 
 from exif_jax import losses
 
-
 REPO = Path(__file__).parents[1]
 CONFIG = str(REPO / "configs" / "tiny.py")
 STEPS = 30

@@ -5,9 +5,10 @@ Pass 1 lists and hashes the inputs (unreadable files and duplicates are skipped 
 unique files, sorted by sha256, to shards. Pass 2 builds the shards in parallel processes; each photo is
 checked and turned into a record by photo_check.make_record; its JPEG stream (rewritten for random-access
 crops where possible, see jpeg_restart) goes to the shard's pixel file (pixel_store). The pixel file, then
-the shard, is written under a temporary name and renamed when complete, then a per-shard sidecar JSON (its counts and a digest of its inputs and
-settings) is written the same way; the sidecar marks the shard finished. Re-running the same command
-after an interruption builds only the shards that lack a matching sidecar.
+the shard, is written under a temporary name and renamed when complete, then a per-shard sidecar JSON (its
+counts and a digest of its inputs and settings) is written the same way; the sidecar marks the shard
+finished. Re-running the same command after an interruption builds only the shards that lack a matching
+sidecar.
 """
 from __future__ import annotations
 

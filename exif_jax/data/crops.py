@@ -3,9 +3,10 @@
 Fast path (a stream rewritten with a restart marker after every MCU, see jpeg_restart): the MCUs covering
 the crop, widened where needed so one pixel of real context surrounds it along each chroma-subsampled axis
 (chroma upsampling reads the neighbouring chroma sample; at the photo's own edges the edge is the same
-edge), are cut out as a small standalone JPEG: the stored header with the frame size patched, the MCUs' bytes row by row, the RST
-markers renumbered 0..7 in their new order, EOI. Pillow's libjpeg-turbo decodes it; the crop is cut from
-that. A 128-px crop of a 12-MP photo touches ~12x12 MCUs (~10-20 KB) instead of the whole photo.
+edge), are cut out as a small standalone JPEG: the stored header with the frame size patched, the MCUs'
+bytes row by row, the RST markers renumbered 0..7 in their new order, EOI. Pillow's libjpeg-turbo
+decodes it; the crop is cut from that. A 128-px crop of a 12-MP photo touches ~12x12 MCUs (~10-20 KB)
+instead of the whole photo.
 
 Fallback (photos build-data could not rewrite): decode the whole stored JPEG and crop the PIL image,
 never a full-size array copy. Both paths give exactly the pixels of a full Pillow decode + crop.

@@ -2,9 +2,10 @@
 
 Photos come from the manual dir (any folder tree; every file is tried, bad ones are skipped exactly as
 `exif-jax build-data` skips them). This is the whole-photo layout (original bytes in each example); the
-random-access crop layout (small records + pixel files) is build-data's. Fields match exif_jax.data.records.Record; `tags` is a JSON object
-string because TFDS has no feature for a dict with open-ended keys. The image is the original file's
-bytes in a scalar string Tensor: `tfds.features.Image` would re-encode, and needs tensorflow.
+random-access crop layout (small records + pixel files) is build-data's. Fields match
+exif_jax.data.records.Record; `tags` is a JSON object string because TFDS has no feature for a dict with
+open-ended keys. The image is the original file's bytes in a scalar string Tensor: `tfds.features.Image`
+would re-encode, and needs tensorflow.
 
     import tensorflow_datasets as tfds
 from etils import epath
@@ -28,7 +29,6 @@ from etils import epath
 from tensorflow_datasets.core import utils as tfds_utils
 
 from exif_jax.data import build
-
 
 _TEXT_FIELDS = ("text", "width", "height", "camera", "path", "sha256")
 

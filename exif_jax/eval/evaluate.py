@@ -129,9 +129,9 @@ def evaluate(samples: Sequence[Any], embedders: Mapping[str, PatchEmbedder], out
     """Localize every sample with every method; write per_image.csv, metrics.json/.md, heatmaps/, report.html."""
     from tqdm import tqdm
 
+    from exif_jax.data.crops import read_rgb
     from exif_jax.eval import report as html_report
     from exif_jax.eval.datasets import load_mask
-    from exif_jax.data.crops import read_rgb
     from exif_jax.eval.features import write_report
     from exif_jax.eval.localize import localize_image
 
@@ -271,10 +271,9 @@ def run(dataset: str, out_dir: str, *, checkpoint: str | None = None, baseline: 
         paper_color_bug: bool = False, stride: int | None = None, num_per_dim: int | None = None,
         **kwargs: Any) -> dict[str, Any]:
     """Load the benchmark and the methods, then `evaluate`."""
+    from exif_jax import workdir
     from exif_jax.cli_args import check_grid
     from exif_jax.eval.datasets import load_dataset
-
-    from exif_jax import workdir
 
     check_grid(stride, num_per_dim)
     checkpoint = workdir.default_source(checkpoint, baseline, command="exif-jax eval-localize")

@@ -23,8 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from exif_jax.eval import consensus as cons
-from exif_jax.eval.patches import (NUM_PER_DIM, PAPER_COLOR_BUG_HELP, Grid, PatchEmbedder, embed_patches,
-                                   make_grid)
+from exif_jax.eval.patches import NUM_PER_DIM, PAPER_COLOR_BUG_HELP, Grid, PatchEmbedder, embed_patches, make_grid
 
 # Per photo in report.html: (score key, header, tooltip); higher = more likely spliced.
 REPORT_COLUMNS = (("score_mean", "mean", "detection score_mean (the paper's): higher = more likely spliced"),
@@ -187,10 +186,9 @@ def run(photos: Sequence[str], out_dir: str, *, checkpoint: str | None = None, b
     """Build the embedder (a trained checkpoint, a baseline at `crop_size`, or else the bundled default model)
     and localize the photos;
     paper_color_bug: feed the checkpoint's image tower the paper evaluator's colour-wrapped crops."""
+    from exif_jax import workdir
     from exif_jax.cli_args import check_grid
     from exif_jax.eval.embedders import make_embedders
-
-    from exif_jax import workdir
 
     if checkpoint is not None and baseline is not None:
         raise ValueError("give --checkpoint WORKDIR or --baseline noise|random, not both")

@@ -110,8 +110,8 @@ def run_retrieval(checkpoint: str, data_dir: str, out_dir: str, *, crops_per_pho
     """Embed crops and texts with the trained and the random-init model; write retrieval.json / .md."""
     from exif_jax.eval import features as F
     from exif_jax.eval.embedders import make_embedders
-    from exif_jax.workdir import model_name
     from exif_jax.tokenizer import make_tokenizer
+    from exif_jax.workdir import model_name
 
     built = make_embedders(("learned", "random-init"), checkpoint=checkpoint, step=step, seed=seed)
     crop, config, models = built.crop_size, built.config, built.models

@@ -30,8 +30,14 @@ import ml_collections
 import numpy as np
 
 from exif_jax.export import hf
-from exif_jax.export.layout import (NotExportable, flat_params, log_logit_scale, tower_state_dict,
-                                    torchvision_state_dict, write_safetensors)
+from exif_jax.export.layout import (
+    NotExportable,
+    flat_params,
+    log_logit_scale,
+    torchvision_state_dict,
+    tower_state_dict,
+    write_safetensors,
+)
 
 MANIFEST = "dual_encoder.json"
 

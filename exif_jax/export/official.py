@@ -156,8 +156,8 @@ def import_official(weights: str | os.PathLike, vocab: str | os.PathLike, out: s
     from flax import nnx
 
     from exif_jax import checkpoint
-    from exif_jax.models import towers
     from exif_jax.config import load_config
+    from exif_jax.models import towers
     from exif_jax.wordpiece import WordPiece
 
     weights, vocab, out = os.fspath(weights), os.fspath(vocab), Path(out).resolve()

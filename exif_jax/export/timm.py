@@ -25,8 +25,13 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from exif_jax.export.layout import (NotExportable, flat_params, log_logit_scale, torchvision_state_dict,
-                                    write_safetensors)
+from exif_jax.export.layout import (
+    NotExportable,
+    flat_params,
+    log_logit_scale,
+    torchvision_state_dict,
+    write_safetensors,
+)
 
 NPZ_NAME = "vit_big_vision.npz"
 RESNET_NAME = "resnet_timm.safetensors"

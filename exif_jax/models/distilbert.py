@@ -70,7 +70,8 @@ class Attention(nnx.Module):
 
     def __call__(self, x: jax.Array, valid: jax.Array) -> jax.Array:
         b, n, d = x.shape
-        split = lambda y: y.reshape(b, n, self.heads, d // self.heads)
+        def split(y):
+            return y.reshape(b, n, self.heads, d // self.heads)
         q, k, v = split(self.q_lin(x)), split(self.k_lin(x)), split(self.v_lin(x))
         logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) * (d // self.heads) ** -0.5
         logits = jnp.where(valid[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
