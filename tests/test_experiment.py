@@ -2,6 +2,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from exif_jax import experiment
@@ -83,3 +84,23 @@ def test_report_reads_old_metrics_files_that_logged_temperature(tmp_path):
     assert er._train_summary(rows, config)["last50"]["logit_scale"] == pytest.approx(20.0)
     er.plot_curves(rows, str(tmp_path / "curves.png"))
     assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+def test_paired_difference_cancels_the_images_difficulty(tmp_path):
+    """Images of very different difficulty, learned always 0.05 above classical: the paired interval is that
+    difference exactly, though the methods' own intervals overlap."""
+    from exif_jax.experiment_report import bootstrap_ci, paired_diff_ci
+
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.1, 0.9, 30)
+    rows = ["method,name,label,ap"]
+    for i, b in enumerate(base):
+        rows += [f"learned,im{i},1,{b + 0.05}", f"classical,im{i},1,{b}", f"learned,au{i},0,nan"]
+    csv_path = tmp_path / "per_image.csv"
+    csv_path.write_text("\n".join(rows) + "\n")
+    d = paired_diff_ci(csv_path)
+    assert d["images"] == 30 and d["mean"] == pytest.approx(0.05)
+    assert d["ci"] == pytest.approx((0.05, 0.05))
+    ci = bootstrap_ci(csv_path)
+    assert ci["learned"][0] < ci["classical"][1]  # unpaired, the intervals overlap
+    assert paired_diff_ci(csv_path, b="random") == {}
