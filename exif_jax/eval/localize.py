@@ -17,6 +17,7 @@ import functools
 import json
 import os
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -94,7 +95,7 @@ def save_outputs(image: np.ndarray, loc: Localization, out_dir: str, stem: str, 
     ax.imshow(image)
     im = ax.imshow(loc.map, cmap="jet", alpha=0.5)
     ax.set_axis_off()
-    by = f"\n{model}" if model else ""
+    by = "\n" + textwrap.fill(model, 64) if model else ""  # long model names would run past the axes
     ax.set_title(f"{stem}: {loc.consensus}, score {loc.scores['score']:.3f}{by}", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
     png = os.path.join(out_dir, f"{stem}.png")
