@@ -39,3 +39,17 @@ def test_localize_with_no_model_flag_uses_and_names_the_default(tmp_path):
     assert line["patch"] == workdir.read_config(str(workdir.DEFAULT_MODEL)).data.crop_size
     png = Image.open(line["png"])
     assert png.size[0] > 300
+
+
+def test_export_with_no_flags_writes_what_the_default_model_fits(tmp_path, capsys):
+    """The default model (avg pool, linear heads) fits timm, not SiglipModel: with no --format it exports the
+    one it fits and names the other with the reason; an explicit --format hf is refused."""
+    from exif_jax import cli
+
+    assert cli.main(["export", "-o", str(tmp_path / "o")]) == 0
+    out, err = capsys.readouterr()
+    assert f"exported {workdir.model_name(workdir.DEFAULT_MODEL)} (step 1000)" in out
+    assert "skipped --format hf" in err and "model.image.pool='avg'" in err
+    assert (tmp_path / "o" / "vit_big_vision.npz").is_file() and not (tmp_path / "o" / "config.json").exists()
+    assert cli.main(["export", "-o", str(tmp_path / "h"), "--format", "hf"]) == 2
+    assert not (tmp_path / "h").exists()

@@ -1,6 +1,6 @@
 """`exif-jax export`: a training workdir's checkpoint -> transformers SiglipModel and/or a timm .npz.
 
-  exif-jax export --checkpoint WORKDIR -o DIR --format hf|timm|all [--step N]
+  exif-jax export --checkpoint WORKDIR -o DIR [--format hf|timm|all] [--step N]
 
 WORKDIR is what `exif-jax train` wrote: WORKDIR/config.json and the orbax checkpoints in WORKDIR/ckpt.
 Every format writes into DIR; nothing is pickled (safetensors, tokenizer JSON, an .npz of plain arrays).
@@ -26,24 +26,36 @@ def tokenizer_path(config: ml_collections.ConfigDict) -> str:
     return path
 
 
-def export(checkpoint: str, out_dir: str, fmt: str = "all", *, step: int | None = None) -> dict[str, Any]:
-    """Export a workdir's checkpoint (newest, or `step`) in `fmt`; returns what was written."""
+def export(checkpoint: str, out_dir: str, fmt: str | None = "all", *, step: int | None = None) -> dict[str, Any]:
+    """Export a workdir's checkpoint (newest, or `step`) in `fmt` (None: every format the model fits, the others
+    listed under "skipped" with the reason); returns what was written."""
     from exif_jax import workdir
-    from exif_jax.export import hf, hf_towers, timm
+    from exif_jax.export import NotExportable, hf, hf_towers, timm
 
-    if fmt not in FORMATS:
+    if fmt not in (*FORMATS, None):
         raise ValueError(f"--format must be one of {FORMATS}, got {fmt!r}")
     config = workdir.read_config(checkpoint)
     per_tower = config.model.image.kind == "resnet"  # no stock dual encoder hosts a ResNet
-    if fmt in ("hf", "all"):  # fail before the restore
-        (hf_towers.check_towers_exportable if per_tower else hf.check_siglip_exportable)(config)
-    if fmt in ("timm", "all"):
-        timm.timm_spec(config)
+    checks = {"hf": lambda: (hf_towers.check_towers_exportable if per_tower else hf.check_siglip_exportable)(config),
+              "timm": lambda: timm.timm_spec(config)}
+    skipped: dict[str, str] = {}
+    for name, check in checks.items():  # fail before the restore
+        if fmt in (name, "all"):
+            check()
+        elif fmt is None:
+            try:
+                check()
+            except NotExportable as e:
+                skipped[name] = str(e)
+    if fmt is None:
+        if len(skipped) == len(checks):
+            raise NotExportable("the model fits no export format:\n" + "\n".join(skipped.values()))
+        fmt = "all" if not skipped else next(n for n in checks if n not in skipped)
     tok_path = tokenizer_path(config)
     # Parameters are exported as stored; f32 compute keeps the parity checks exact.
     model, config, got_step = workdir.load_model(checkpoint, step, float32=True)
     result: dict[str, Any] = {"model": workdir.model_name(checkpoint), "step": got_step,
-                              "out": os.path.abspath(out_dir)}
+                              "out": os.path.abspath(out_dir), "skipped": skipped}
     if fmt in ("hf", "all"):
         write = hf_towers.export_towers if per_tower else hf.export_hf
         result["hf"] = write(model, config, out_dir, tokenizer_model=tok_path)
@@ -60,9 +72,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     cli_args.add_out(parser, "hf: a transformers SiglipModel folder (config.json, model.safetensors, tokenizer, "
                              "preprocessor; ResNet towers: image/ and text/ models + dual_encoder.json); timm: "
                              "vit_big_vision.npz or resnet_timm.safetensors + timm_config.json")
-    parser.add_argument("--format", choices=FORMATS, default="all",
+    parser.add_argument("--format", choices=FORMATS,
                         help="hf: transformers SiglipModel dir (ResNet towers: ResNetForImageClassification + a "
-                             "text model); timm: big_vision .npz of the ViT (ResNet: timm .safetensors); all: both")
+                             "text model); timm: big_vision .npz of the ViT (ResNet: timm .safetensors); all: both "
+                             "(default: every format the model fits; the others are named with the reason)")
 
 
 def cli_main(args: argparse.Namespace) -> int:
@@ -80,6 +93,8 @@ def cli_main(args: argparse.Namespace) -> int:
         print(f"exif-jax export: {e}", file=sys.stderr)
         return 2
     print(f"exported {result['model']} (step {result['step']}) to {result['out']}")
+    for name, why in result["skipped"].items():
+        print(f"exif-jax export: skipped --format {name}: {why}", file=sys.stderr)
     if "hf" in result and "image_class" in result["hf"]:
         h, out = result["hf"], result["out"]
         print(f"transformers: {h['image_class']}.from_pretrained({out + '/image'!r}) (logits = image embedding), "
