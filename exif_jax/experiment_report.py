@@ -287,34 +287,9 @@ def _get(d: dict | None, *keys: str) -> Any:
     return d
 
 
-def bootstrap_ci(per_image_csv: str | Path, key: str = "ap", n: int = 2000, seed: int = 0) -> dict:
-    """method -> 95% bootstrap interval of the spliced-only mean of `key` (resampling images)."""
+def _spliced_values(per_image_csv: str | Path, key: str) -> dict[str, dict[str, float]]:
+    """method -> {image name: `key`} over the spliced images of an eval's per_image.csv (file order); {} without it."""
     import csv
-
-    import numpy as np
-
-    if not os.path.exists(per_image_csv):
-        return {}
-    vals: dict[str, list[float]] = {}
-    with open(per_image_csv, newline="", encoding="utf-8") as f:
-        for r in csv.DictReader(f):
-            if r["label"] == "1" and r[key] not in ("", "nan"):
-                vals.setdefault(r["method"], []).append(float(r[key]))
-    rng, out = np.random.default_rng(seed), {}
-    for method, v in vals.items():
-        x = np.asarray(v)
-        means = x[rng.integers(0, len(x), (n, len(x)))].mean(1)
-        out[method] = (float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975)))
-    return out
-
-
-def paired_diff_ci(per_image_csv: str | Path, a: str = "learned", b: str = "classical", key: str = "ap",
-                   n: int = 2000, seed: int = 0) -> dict:
-    """{"mean", "ci"}: spliced-only mean of `key` for method a minus method b, with a 95% paired bootstrap
-    interval (the same resampled images for both: the images' shared difficulty cancels); {} without both."""
-    import csv
-
-    import numpy as np
 
     if not os.path.exists(per_image_csv):
         return {}
@@ -323,13 +298,38 @@ def paired_diff_ci(per_image_csv: str | Path, a: str = "learned", b: str = "clas
         for r in csv.DictReader(f):
             if r["label"] == "1" and r[key] not in ("", "nan"):
                 per.setdefault(r["method"], {})[r["name"]] = float(r[key])
+    return per
+
+
+def _interval(x: Any, n: int, rng: Any) -> tuple[float, float]:
+    """95% bootstrap interval of the mean of x (n resamples drawn from rng)."""
+    import numpy as np
+
+    means = x[rng.integers(0, len(x), (n, len(x)))].mean(1)
+    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+
+
+def bootstrap_ci(per_image_csv: str | Path, key: str = "ap", n: int = 2000, seed: int = 0) -> dict:
+    """method -> 95% bootstrap interval of the spliced-only mean of `key` (resampling images)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return {method: _interval(np.asarray(list(v.values())), n, rng)
+            for method, v in _spliced_values(per_image_csv, key).items()}
+
+
+def paired_diff_ci(per_image_csv: str | Path, a: str = "learned", b: str = "classical", key: str = "ap",
+                   n: int = 2000, seed: int = 0) -> dict:
+    """{"mean", "ci"}: spliced-only mean of `key` for method a minus method b, with a 95% paired bootstrap
+    interval (the same resampled images for both: the images' shared difficulty cancels); {} without both."""
+    import numpy as np
+
+    per = _spliced_values(per_image_csv, key)
     if a not in per or b not in per:
         return {}
     names = sorted(set(per[a]) & set(per[b]))
     d = np.array([per[a][k] - per[b][k] for k in names])
-    means = d[np.random.default_rng(seed).integers(0, len(d), (n, len(d)))].mean(1)
-    return {"mean": float(d.mean()), "ci": (float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))),
-            "images": len(d)}
+    return {"mean": float(d.mean()), "ci": _interval(d, n, np.random.default_rng(seed)), "images": len(d)}
 
 
 def reading(evals: dict, cis: dict, probes: dict | None, retr: dict | None, split: dict,
