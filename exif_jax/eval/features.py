@@ -91,7 +91,10 @@ def extract_features(data_dir: str, embedders: Mapping[str, PatchEmbedder], *, c
 
 
 def write_report(out_dir: str, stem: str, report: Mapping[str, Any], markdown: str) -> None:
-    """OUT/<stem>.json and OUT/<stem>.md; the Markdown is printed too."""
+    """OUT/<stem>.json and OUT/<stem>.md; the Markdown is printed too, headed by the learned model's name when
+    the report has one."""
+    if report.get("model"):
+        markdown = f"learned = {report['model']}\n\n{markdown}"
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, f"{stem}.json"), "w") as f:
         json.dump(report, f, indent=2, default=float)

@@ -185,8 +185,7 @@ def run_task(feats: Mapping[str, np.ndarray], photo: np.ndarray, labels: Sequenc
 
 def to_markdown(report: Mapping[str, Any]) -> str:
     """The probe results as Markdown: one row per task and feature source."""
-    lines = [*([f"learned = {report['model']}", ""] if report.get("model") else []),
-             "| task | features | classes | photos train/test | patch acc | photo acc | majority (photo) |",
+    lines = ["| task | features | classes | photos train/test | patch acc | photo acc | majority (photo) |",
              "|---|---|---:|---:|---:|---:|---:|"]
     for task, r in report["tasks"].items():
         if "skipped" in r:

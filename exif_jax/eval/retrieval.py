@@ -89,8 +89,7 @@ def embed_texts(model: Any, tokenizer: Any, texts: Sequence[str], batch: int = 6
 def to_markdown(report: Mapping[str, Any]) -> str:
     """The retrieval results as Markdown: a row per model and direction."""
     cols = [f"R@{k}" for k in KS]
-    lines = [*([f"learned = {report['model']}", ""] if report.get("model") else []),
-             "| model | direction | queries | candidates | " + " | ".join(cols) + " | median rank | chance R@1 |",
+    lines = ["| model | direction | queries | candidates | " + " | ".join(cols) + " | median rank | chance R@1 |",
              "|---|---|---:|---:|" + "---:|" * (len(cols) + 2)]
     for model, dirs in report["models"].items():
         for d, m in dirs.items():
