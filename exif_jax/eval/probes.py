@@ -201,18 +201,20 @@ def to_markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_probes(checkpoint: str, data_dir: str, out_dir: str, *, crops_per_photo: int = 8,
+def run_probes(checkpoint: str | None, data_dir: str, out_dir: str, *, crops_per_photo: int = 8,
                test_fraction: float = 0.3, seed: int = 0, buckets: int = 3, train_steps: int = 300,
                l2: float = 1e-3, limit: int | None = None, step: int | None = None,
                tasks: Sequence[str] = TASKS, progress: bool = True) -> dict[str, Any]:
-    """Extract features from every source, probe every task, write probes.json and probes.md."""
+    """Extract features from every source, probe every task, write probes.json and probes.md; no checkpoint:
+    the bundled default model."""
     from exif_jax.eval import features as F
     from exif_jax.eval.embedders import make_embedders
-    from exif_jax.workdir import model_name
+    from exif_jax.workdir import default_source, model_name
 
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         raise ValueError(f"unknown probe task(s) {unknown}; known: {', '.join(TASKS)}")
+    checkpoint = default_source(checkpoint, command="exif-jax probe")
     built = make_embedders(F.SOURCES, checkpoint=checkpoint, step=step, seed=seed)
     crop = built.crop_size
     cf = F.extract_features(data_dir, built.embedders, crops_per_photo=crops_per_photo, seed=seed, limit=limit,
@@ -246,10 +248,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 def cli_main(args: argparse.Namespace) -> int:
     """Run `run_probes` with the parsed flags."""
     try:
-        from exif_jax import workdir
-
-        checkpoint = workdir.default_source(args.checkpoint, command="exif-jax probe")
-        run_probes(checkpoint, args.data, args.out, crops_per_photo=args.crops_per_photo,
+        run_probes(args.checkpoint, args.data, args.out, crops_per_photo=args.crops_per_photo,
                    test_fraction=args.test_fraction, seed=args.seed, buckets=args.buckets,
                    train_steps=args.train_steps, l2=args.l2, limit=args.limit, step=args.step,
                    tasks=[t for t in args.tasks.split(",") if t], progress=not args.no_progress)

@@ -104,14 +104,16 @@ def to_markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_retrieval(checkpoint: str, data_dir: str, out_dir: str, *, crops_per_photo: int = 8, seed: int = 0,
+def run_retrieval(checkpoint: str | None, data_dir: str, out_dir: str, *, crops_per_photo: int = 8, seed: int = 0,
                   limit: int | None = None, step: int | None = None, progress: bool = True) -> dict[str, Any]:
-    """Embed crops and texts with the trained and the random-init model; write retrieval.json / .md."""
+    """Embed crops and texts with the trained and the random-init model (no checkpoint: the bundled default
+    model); write retrieval.json / .md."""
     from exif_jax.eval import features as F
     from exif_jax.eval.embedders import make_embedders
     from exif_jax.tokenizer import make_tokenizer
-    from exif_jax.workdir import model_name
+    from exif_jax.workdir import default_source, model_name
 
+    checkpoint = default_source(checkpoint, command="exif-jax retrieval")
     built = make_embedders(("learned", "random-init"), checkpoint=checkpoint, step=step, seed=seed)
     crop, config, models = built.crop_size, built.config, built.models
     cf = F.extract_features(data_dir, built.embedders, crops_per_photo=crops_per_photo, seed=seed, limit=limit,
@@ -141,10 +143,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 def cli_main(args: argparse.Namespace) -> int:
     """Run `run_retrieval` with the parsed flags."""
     try:
-        from exif_jax import workdir
-
-        checkpoint = workdir.default_source(args.checkpoint, command="exif-jax retrieval")
-        run_retrieval(checkpoint, args.data, args.out, crops_per_photo=args.crops_per_photo,
+        run_retrieval(args.checkpoint, args.data, args.out, crops_per_photo=args.crops_per_photo,
                       seed=args.seed, limit=args.limit, step=args.step, progress=not args.no_progress)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"exif-jax retrieval: {e}", file=sys.stderr)

@@ -26,12 +26,14 @@ def tokenizer_path(config: ml_collections.ConfigDict) -> str:
     return path
 
 
-def export(checkpoint: str, out_dir: str, fmt: str | None = "all", *, step: int | None = None) -> dict[str, Any]:
-    """Export a workdir's checkpoint (newest, or `step`) in `fmt` (None: every format the model fits, the others
-    listed under "skipped" with the reason); returns what was written."""
+def export(checkpoint: str | None, out_dir: str, fmt: str | None = "all", *,
+           step: int | None = None) -> dict[str, Any]:
+    """Export a workdir's checkpoint (newest, or `step`; none: the bundled default model) in `fmt` (None: every
+    format the model fits, the others listed under "skipped" with the reason); returns what was written."""
     from exif_jax import workdir
     from exif_jax.export import NotExportable, hf, hf_towers, timm
 
+    checkpoint = workdir.default_source(checkpoint, command="exif-jax export")
     if fmt not in (*FORMATS, None):
         raise ValueError(f"--format must be one of {FORMATS}, got {fmt!r}")
     config = workdir.read_config(checkpoint)
@@ -85,10 +87,7 @@ def cli_main(args: argparse.Namespace) -> int:
     from exif_jax.export import NotExportable
 
     try:
-        from exif_jax import workdir
-
-        result = export(workdir.default_source(args.checkpoint, command="exif-jax export"), args.out, args.format,
-                        step=args.step)
+        result = export(args.checkpoint, args.out, args.format, step=args.step)
     except (NotExportable, FileNotFoundError, ValueError) as e:
         print(f"exif-jax export: {e}", file=sys.stderr)
         return 2
