@@ -40,7 +40,12 @@ setup(
     install_requires=INSTALL_REQUIRES,
     extras_require={
         "torch": ["torch==2.13.0", "transformers==5.24.0", "safetensors==0.8.0"],
-        "dev": ["pytest==9.2.0", "scikit-learn==1.9.1", "ruff==0.17.6"],
+        # Object storage (gs://, s3://): fsspec's clients for file operations; tensorstore (already pulled in
+        # by orbax) does the loader's range reads.
+        "cloud": ["fsspec==2026.9.0", "gcsfs==2026.10.1", "s3fs==2026.9.0"],
+        # Tests start real object-store emulators on 127.0.0.1.
+        "dev": ["pytest==9.2.0", "scikit-learn==1.9.1", "ruff==0.17.6", "moto[server]==5.2.5",
+                "gcp-storage-emulator==2026.7.19"],
     },
     entry_points={"console_scripts": ["exif-jax=exif_jax.cli:main"]},
 )
