@@ -1,14 +1,15 @@
 """`exif-jax build-data`: photos -> ArrayRecord shards of records (EXIF text + where the pixels are), their
-pixel files, and summary.json.
+pixel files in the range-read layout (layout.py), their indexes, summary.json; local, gs:// or s3://.
 
 Pass 1 lists and hashes the inputs (unreadable files and duplicates are skipped there) and assigns the
 unique files, sorted by sha256, to shards. Pass 2 builds the shards in parallel processes; each photo is
 checked and turned into a record by photo_check.make_record; its JPEG stream (rewritten for random-access
 crops where possible, see jpeg_restart) goes to the shard's pixel file (pixel_store). The pixel file, then
-the shard, is written under a temporary name and renamed when complete, then a per-shard sidecar JSON (its
-counts and a digest of its inputs and settings) is written the same way; the sidecar marks the shard
-finished. Re-running the same command after an interruption builds only the shards that lack a matching
-sidecar.
+the shard and its index, is written under a temporary name and renamed when complete (on object storage:
+built in a local staging folder and uploaded, each object in one PUT), then a per-shard sidecar JSON (its
+counts and a digest of its inputs and settings) is written; the sidecar marks the shard finished.
+Re-running the same command after an interruption builds only the shards that lack a matching sidecar.
+When every shard is finished, index.npy (all shards' index rows) and summary.json are written.
 """
 from __future__ import annotations
 
@@ -16,30 +17,35 @@ import argparse
 import concurrent.futures as cf
 import dataclasses
 import hashlib
+import io
 import json
 import math
 import multiprocessing
 import os
-import re
+import posixpath
+import shutil
 import sys
+import tempfile
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
+import numpy as np
+from array_record.python.array_record_module import ArrayRecordWriter
 from tqdm import tqdm
 
-from exif_jax import exif
-from exif_jax.data.crops import FastIndex
+from exif_jax import exif, storage
+from exif_jax.data import layout
+from exif_jax.data.layout import SHARD_RE, shard_name
 from exif_jax.data.photo_check import Settings, make_record
-from exif_jax.data.pixel_store import PixelReader, PixelWriter, pixels_path
-from exif_jax.data.records import RECORD_VERSION, Record, decode_record, encode_record
+from exif_jax.data.pixel_store import Blob, PixelWriter, pixels_path
+from exif_jax.data.reader import original_bytes, read_records, shard_paths  # noqa: F401 - build.X callers
+from exif_jax.data.records import RECORD_VERSION, Record, encode_record
 
 SUMMARY_VERSION = 2
 # One record per chunk: a random read touches only its record. JPEG bytes do not compress.
 WRITER_OPTIONS = "group_size:1,uncompressed"
-SHARD_RE = re.compile(r"^records-(\d{5})-of-(\d{5})\.array_record$")
 MAX_LISTED = 1000  # file names listed per skip reason in summary.json (counts are always complete)
 
 
@@ -52,11 +58,6 @@ class Item:
     tags: dict[str, str] | None = field(default=None)
 
 
-def shard_name(i: int, n: int) -> str:
-    """File name of shard i of n."""
-    return f"records-{i:05d}-of-{n:05d}.array_record"
-
-
 # ----------------------------------------------------------------------------- pass 1: inputs
 
 # Files with these extensions are tried (and skipped with a reason if they are not camera JPEGs); the
@@ -66,7 +67,17 @@ IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".mpo", ".png", ".tif"
 
 
 def list_folder(folder: str) -> tuple[list[str], list[str]]:
-    """Non-hidden files under `folder`, sorted: (image-named files, all other files)."""
+    """Non-hidden files under `folder` (a local folder or a gs:// / s3:// prefix), sorted: (image-named
+    files, all other files)."""
+    if storage.is_remote(folder):
+        images, others = [], []
+        for rel in storage.walk_files(folder):
+            if any(part.startswith(".") for part in rel.split("/")):
+                continue
+            (images if posixpath.splitext(rel)[1].lower() in IMAGE_EXTS else others).append(storage.join(folder, rel))
+        if not images and not others:
+            raise FileNotFoundError(f"image folder not found or empty: {folder}")
+        return sorted(images), sorted(others)
     root = Path(folder)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder not found: {folder}")
@@ -96,35 +107,44 @@ def items_from_paths(paths: Sequence[str]) -> list[Item]:
 
 
 def items_from_list(list_file: str) -> list[Item]:
-    """Inputs from a file with one photo path per line (relative paths are relative to the file)."""
-    base = Path(list_file).resolve().parent
-    with open(list_file, encoding="utf-8") as f:
-        lines = [ln.strip() for ln in f if ln.strip() and not ln.startswith("#")]
-    return [Item(src=str(base / p) if not os.path.isabs(p) else p, name=p) for p in lines]
+    """Inputs from a file with one photo path or URI per line (relative paths are relative to the file)."""
+    base = storage.dirname(list_file) if storage.is_remote(list_file) else str(Path(list_file).resolve().parent)
+    lines = [ln.strip() for ln in storage.read_text(list_file).splitlines()
+             if ln.strip() and not ln.startswith("#")]
+    return [Item(src=p if (storage.is_remote(p) or os.path.isabs(p)) else storage.join(base, p), name=p)
+            for p in lines]
 
 
 def items_from_yfcc(tsv: str, image_dir: str) -> tuple[list[Item], dict[str, list[str]]]:
     """Inputs from a YFCC100M EXIF TSV: tags from each line, bytes from IMAGE_DIR/<photo_id>.jpg."""
     items, skipped = [], {}
-    with open(tsv, encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                photo_id, tags = exif.parse_yfcc_line(line)
-            except Exception as e:  # noqa: BLE001 - any malformed line is skipped, named by its number
-                skipped.setdefault("bad_tsv_line", []).append(f"{tsv}:{lineno}: {e}")
-                continue
-            items.append(Item(src=os.path.join(image_dir, f"{photo_id}.jpg"), name=str(photo_id), tags=tags))
+    text = storage.read_bytes(tsv).decode("utf-8", errors="replace")
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            photo_id, tags = exif.parse_yfcc_line(line)
+        except Exception as e:  # noqa: BLE001 - any malformed line is skipped, named by its number
+            skipped.setdefault("bad_tsv_line", []).append(f"{tsv}:{lineno}: {e}")
+            continue
+        items.append(Item(src=storage.join(image_dir, f"{photo_id}.jpg"), name=str(photo_id), tags=tags))
     return items, skipped
+
+
+def read_input(src: str) -> bytes:
+    """An input photo's bytes (a local path or a gs:// / s3:// URI)."""
+    return storage.read_bytes(src)
 
 
 def _hash(item: Item) -> tuple[Item, str]:
     try:
         h = hashlib.sha256()
-        with open(item.src, "rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
+        if storage.is_remote(item.src):
+            h.update(read_input(item.src))
+        else:
+            with open(item.src, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
     except FileNotFoundError:
         return item, "missing"
     except OSError:  # permission, a directory, an I/O error
@@ -161,35 +181,89 @@ def _digest(items: Sequence[Item], settings: Settings) -> str:
 
 
 def _atomic_write_json(path: str, obj: dict) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    storage.write_text(path, json.dumps(obj, indent=1, sort_keys=True))
 
 
 def _sidecar_path(shard_path: str) -> str:
-    return shard_path[: -len(".array_record")] + ".json"
+    return layout.sibling(shard_path, layout.SIDECAR_SUFFIX)
+
+
+def _settle(rec: Record, encode, pix_name: str, at: int, original_len: int | None, original_in_blob: bool
+            ) -> tuple[bytes, dict]:
+    """Encode the photo's blob with a record that names it (file, offset, length) and, when kept, the
+    original's place; the length depends on the record's own size, so iterate until it is stable."""
+    length, rec_len = 0, 0
+    for _ in range(6):
+        rec["jpeg"] = Blob(file=pix_name, at=at, len=length)
+        if original_len is not None:
+            start = at + layout.FIXED_LEN + rec_len if original_in_blob else at + length
+            rec["original"] = Blob(file=pix_name, at=start, len=original_len)
+        raw = encode_record(rec)
+        blob, entry = encode(raw)
+        if len(blob) == length and len(raw) == rec_len:
+            return blob, entry
+        length, rec_len = len(blob), len(raw)
+    raise RuntimeError(f"{rec['path']}: record size did not settle")
+
+
+def _store_pixels(rec: Record, data: bytes, rw, pixels: PixelWriter, settings: Settings) -> dict:
+    """Append the photo's blob (and the original when kept) to the pixel file; fill the record's pixel
+    fields; returns its index entry (without the shard number)."""
+    name, at = os.path.basename(pixels.path), pixels.size
+    if rw is None:
+        rec["fast"] = None
+        # A photo decoded whole keeps its original file inside its blob.
+        blob, entry = _settle(rec, lambda r: layout.encode_whole(r, data), name, at, len(data), True)
+        pixels.add_blob(blob)
+    else:
+        rec["fast"] = {"layout": layout.LAYOUT_VERSION, "band_rows": layout.BAND_ROWS, "mcu_h": rw.mcu_h,
+                       "mcu_w": rw.mcu_w, "mcus_y": rw.mcus_y, "mcus_x": rw.mcus_x}
+        encode = lambda r: layout.encode_banded(r, rw.data, rw.header_len, rw.sof_hw_at, rw.offsets,  # noqa: E731
+                                                rw.mcu_h, rw.mcu_w, rw.mcus_y, rw.mcus_x)
+        if not settings.keep_original:
+            rec["original"] = None
+        blob, entry = _settle(rec, encode, name, at, len(data) if settings.keep_original else None, False)
+        pixels.add_blob(blob)
+        if settings.keep_original:
+            pixels.add_blob(data)
+    return {**entry, "at": at, "width": rec["width"], "height": rec["height"]}
 
 
 def build_shard(shard_path: str, items: Sequence[Item], settings: Settings, digest: str) -> dict:
-    """Write one shard and its pixel file under temporary names, rename them, then write the sidecar;
-    returns the sidecar."""
+    """Write one shard, its pixel file and index (local: temporary names, renamed; object storage: staged
+    locally, then uploaded), then the sidecar; returns the sidecar."""
+    remote = storage.is_remote(shard_path)
+    stage = tempfile.mkdtemp(prefix="exif-jax-shard-") if remote else None
+    local_shard = os.path.join(stage, storage.basename(shard_path)) if remote else shard_path
+    try:
+        side = _build_shard_local(local_shard, items, settings, digest)
+        if remote:
+            # The sidecar goes last: until it is there the shard does not count as built.
+            for suffix in (layout.PIXELS_SUFFIX, layout.INDEX_SUFFIX, ".array_record"):
+                storage.upload_file(layout.sibling(local_shard, suffix), layout.sibling(shard_path, suffix))
+        _atomic_write_json(_sidecar_path(shard_path), side)
+        return side
+    finally:
+        if stage:
+            shutil.rmtree(stage, ignore_errors=True)
+
+
+def _build_shard_local(shard_path: str, items: Sequence[Item], settings: Settings, digest: str) -> dict:
     tmp = f"{shard_path}.tmp"
     if os.path.exists(tmp):
         os.remove(tmp)  # left by an interrupted run
+    shard_no = int(SHARD_RE.match(os.path.basename(shard_path)).group(1))
     skipped: dict[str, list[str]] = {}
     slow: dict[str, list[str]] = {}  # photos decoded whole at load time, by reason
     cameras: Counter[str] = Counter()
+    entries: list[dict] = []
     n, nbytes, nfast = 0, 0, 0
     writer = ArrayRecordWriter(tmp, WRITER_OPTIONS)
     pixels = PixelWriter(pixels_path(shard_path))
     try:
         for it in items:
             try:
-                with open(it.src, "rb") as f:
-                    data = f.read()
+                data = read_input(it.src)
             except OSError:
                 skipped.setdefault("unreadable", []).append(it.name)
                 continue
@@ -204,7 +278,7 @@ def build_shard(shard_path: str, items: Sequence[Item], settings: Settings, dige
             if rec is None:
                 skipped.setdefault(reason, []).append(it.name)
                 continue
-            _store_pixels(rec, data, rw, pixels, settings)
+            entries.append({**_store_pixels(rec, data, rw, pixels, settings), "shard": shard_no})
             if rw is None:
                 slow.setdefault(rec["fast_reason"], []).append(it.name)
             writer.write(encode_record(rec))
@@ -218,35 +292,24 @@ def build_shard(shard_path: str, items: Sequence[Item], settings: Settings, dige
     finally:
         writer.close()
     pixels.commit()
+    buf = io.BytesIO()
+    np.save(buf, layout.index_rows(entries), allow_pickle=False)
+    storage.write_bytes(layout.sibling(shard_path, layout.INDEX_SUFFIX), buf.getvalue())
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())  # on disk before the rename makes it count as finished
     os.replace(tmp, shard_path)
-    side = {"shard": os.path.basename(shard_path), "digest": digest, "records": n, "original_bytes": nbytes,
+    return {"shard": os.path.basename(shard_path), "digest": digest, "records": n, "original_bytes": nbytes,
             "pixel_bytes": pixels.size, "record_bytes": os.path.getsize(shard_path), "fast": nfast,
-            "slow": slow, "inputs": len(items), "skipped": skipped, "cameras": dict(sorted(cameras.items()))}
-    _atomic_write_json(_sidecar_path(shard_path), side)
-    return side
-
-
-def _store_pixels(rec: Record, data: bytes, rw, pixels: PixelWriter, settings: Settings) -> None:
-    """Append the photo's stream (and the original when kept) to the pixel file; fill the record's fields."""
-    if rw is None:
-        rec["jpeg"] = rec["original"] = pixels.add(data)
-        return
-    starts, lengths = rw.tables()
-    rec["jpeg"], table_at = pixels.add_indexed(rw.data, starts, lengths)
-    rec["fast"] = FastIndex(header_len=rw.header_len, sof_hw_at=rw.sof_hw_at, mcu_h=rw.mcu_h, mcu_w=rw.mcu_w,
-                            mcus_y=rw.mcus_y, mcus_x=rw.mcus_x, table_at=table_at,
-                            length_bytes=lengths.itemsize)
-    rec["original"] = pixels.add(data) if settings.keep_original else None
+            "slow": slow, "inputs": len(items), "skipped": skipped, "cameras": dict(sorted(cameras.items())),
+            "layout": layout.LAYOUT_VERSION}
 
 
 def _finished(shard_path: str, digest: str) -> dict | None:
     side = _sidecar_path(shard_path)
-    if not (os.path.exists(shard_path) and os.path.exists(side) and os.path.exists(pixels_path(shard_path))):
+    needed = (shard_path, side, pixels_path(shard_path), layout.sibling(shard_path, layout.INDEX_SUFFIX))
+    if not all(storage.exists(p) for p in needed):
         return None
-    with open(side, encoding="utf-8") as f:
-        meta = json.load(f)
+    meta = json.loads(storage.read_text(side))
     if meta.get("digest") != digest:
         raise RuntimeError(
             f"{shard_path} was built from other inputs or settings than this run's; "
@@ -255,11 +318,26 @@ def _finished(shard_path: str, digest: str) -> dict | None:
 
 
 def _check_no_foreign_shards(out_dir: str, num_shards: int) -> None:
-    for name in os.listdir(out_dir):
+    try:
+        names = storage.listdir(out_dir)
+    except FileNotFoundError:
+        return
+    for name in names:
         m = SHARD_RE.match(name)
         if m and int(m.group(2)) != num_shards:
-            raise RuntimeError(f"{os.path.join(out_dir, name)} belongs to a build with {int(m.group(2))} shards, "
+            raise RuntimeError(f"{storage.join(out_dir, name)} belongs to a build with {int(m.group(2))} shards, "
                                f"this one makes {num_shards}; use an empty --out folder")
+
+
+def write_build_index(out_dir: str, shard_files: Sequence[str]) -> int:
+    """index.npy: every shard's index rows in shard order (what a loader reads, in one request)."""
+    parts = [np.load(io.BytesIO(storage.read_bytes(layout.sibling(p, layout.INDEX_SUFFIX))), allow_pickle=False)
+             for p in shard_files]
+    rows = np.concatenate(parts) if parts else np.zeros(0, layout.INDEX_DTYPE)
+    buf = io.BytesIO()
+    np.save(buf, rows, allow_pickle=False)
+    storage.write_bytes(storage.join(out_dir, layout.BUILD_INDEX), buf.getvalue())
+    return len(rows)
 
 
 def build_dataset(items: Sequence[Item], out_dir: str, settings: Settings, *, num_shards: int | None = None,
@@ -269,7 +347,7 @@ def build_dataset(items: Sequence[Item], out_dir: str, settings: Settings, *, nu
     workers = workers or os.cpu_count() or 1
     if (num_shards is not None and num_shards < 1) or records_per_shard < 1:
         raise ValueError(f"need --shards >= 1 and --records-per-shard >= 1, got {num_shards}, {records_per_shard}")
-    os.makedirs(out_dir, exist_ok=True)
+    storage.makedirs(out_dir)
     unique, skipped = plan_inputs(items, workers=workers, progress=progress)
     for reason, names in (pre_skipped or {}).items():
         skipped.setdefault(reason, []).extend(names)
@@ -280,7 +358,7 @@ def build_dataset(items: Sequence[Item], out_dir: str, settings: Settings, *, nu
     plans = []
     for i in range(num_shards):
         chunk = unique[i * len(unique) // num_shards:(i + 1) * len(unique) // num_shards]
-        plans.append((os.path.join(out_dir, shard_name(i, num_shards)), chunk, _digest(chunk, settings)))
+        plans.append((storage.join(out_dir, shard_name(i, num_shards)), chunk, _digest(chunk, settings)))
     sides: dict[str, dict] = {}
     todo = []
     for path, chunk, digest in plans:
@@ -307,7 +385,8 @@ def build_dataset(items: Sequence[Item], out_dir: str, settings: Settings, *, nu
     bar.close()
     summary = merge_summary([sides[p] for p, _, _ in plans], skipped, settings,
                             inputs=len(items) + sum(map(len, (pre_skipped or {}).values())), unique=len(unique))
-    _atomic_write_json(os.path.join(out_dir, "summary.json"), summary)
+    write_build_index(out_dir, [p for p, _, _ in plans])
+    _atomic_write_json(storage.join(out_dir, "summary.json"), summary)
     return summary
 
 
@@ -327,7 +406,7 @@ def merge_summary(sides: Sequence[dict], skipped: dict[str, list[str]], settings
     original = sum(s["original_bytes"] for s in sides)
     stored = sum(s["pixel_bytes"] + s["record_bytes"] for s in sides)
     return {
-        "version": SUMMARY_VERSION, "record_version": RECORD_VERSION,
+        "version": SUMMARY_VERSION, "record_version": RECORD_VERSION, "layout": layout.LAYOUT_VERSION,
         "inputs": inputs, "unique": unique,
         "kept": kept,
         "skipped_total": sum(len(v) for v in skipped.values()),
@@ -347,52 +426,6 @@ def merge_summary(sides: Sequence[dict], skipped: dict[str, list[str]], settings
         "min_size": settings.min_size, "formats": list(settings.formats),
         "fast_path_enabled": settings.fast_path, "keep_original": settings.keep_original,
     }
-
-
-# ----------------------------------------------------------------------------- reading back
-
-def shard_paths(data_dir: str) -> list[str]:
-    """The finished shard files of a build, in order; raises if the folder holds none or a mixture."""
-    if not os.path.isdir(data_dir):
-        raise FileNotFoundError(f"data folder not found: {data_dir}")
-    found = sorted(n for n in os.listdir(data_dir) if SHARD_RE.match(n))
-    if not found:
-        raise FileNotFoundError(f"no records-*-of-*.array_record shards in {data_dir} (run exif-jax build-data)")
-    totals = {int(SHARD_RE.match(n).group(2)) for n in found}
-    if len(totals) != 1:
-        raise RuntimeError(f"{data_dir} mixes shards of builds with {sorted(totals)} shards")
-    total = totals.pop()
-    if len(found) != total:
-        missing = sorted(set(shard_name(i, total) for i in range(total)) - set(found))
-        raise RuntimeError(f"{data_dir} is an unfinished build: missing {missing[:5]}... re-run build-data")
-    return [os.path.join(data_dir, n) for n in found]
-
-
-def read_records(data_dir: str, *, with_image: bool = False) -> Iterator[Record]:
-    """Every record of a build, shard by shard; with_image adds `image`: the stored JPEG's bytes (a whole
-    JPEG that decodes to the original's pixels)."""
-    reader = PixelReader(data_dir) if with_image else None
-    for path in shard_paths(data_dir):
-        ar = ArrayRecordReader(path)
-        try:
-            n = ar.num_records()
-            for start in range(0, n, 32):
-                for raw in ar.read(start, min(n, start + 32)):
-                    rec = decode_record(raw)
-                    if reader is not None and rec["jpeg"] is not None:
-                        rec["image"] = bytes(reader.bytes_of(rec["jpeg"]))
-                    yield rec
-        finally:
-            ar.close()
-
-
-def original_bytes(data_dir: str, rec: Record) -> bytes:
-    """The photo's original file from a build (build-data --keep-original, or a photo decoded whole)."""
-    if rec["jpeg"] is None:  # version 1: inline
-        return rec["image"]
-    if rec["original"] is None:
-        raise ValueError(f"{rec['path']}: the build did not keep the original file (build-data --keep-original)")
-    return bytes(PixelReader(data_dir).bytes_of(rec["original"]))
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -74,7 +74,7 @@ def region_jpeg(stream: memoryview | bytes, row_starts: np.ndarray, lengths: np.
 _RST = np.resize(np.arange(0xD0, 0xD8, dtype=np.uint8), 1 << 16)  # RST0..7 repeated, to number markers
 
 
-def _decode_sized(data: bytes, width: int, height: int, what: str) -> np.ndarray:
+def decode_sized(data: bytes, width: int, height: int, what: str) -> np.ndarray:
     """Decode a JPEG whose frame size we wrote ourselves, straight into an image of that size; uint8
     [height, width, 3].
 
@@ -114,7 +114,7 @@ def crops_fast(stream: memoryview | bytes, row_starts: np.ndarray, lengths: np.n
     out = np.empty((len(positions), size, size, 3), np.uint8)
     for i, (y, x) in enumerate(positions):
         jpeg, y0, x0, ph, pw = region_jpeg(stream, row_starts, lengths, index, height, width, y, x, size, size)
-        out[i] = _decode_sized(jpeg, pw, ph, what)[y - y0:y - y0 + size, x - x0:x - x0 + size]
+        out[i] = decode_sized(jpeg, pw, ph, what)[y - y0:y - y0 + size, x - x0:x - x0 + size]
     return out
 
 

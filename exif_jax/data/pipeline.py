@@ -1,13 +1,17 @@
-"""ArrayRecord shards -> grain -> native-resolution crops + EXIF tokens -> global batches on a mesh.
+"""A build (local, gs:// or s3://) -> grain -> native-resolution crops + EXIF tokens -> global batches on a mesh.
 
 Order (all index-based steps are lazy MapDataset views, so they cost nothing until an element is read):
-  records (sorted shards) -> tag with record index -> seeded global shuffle, reshuffled every epoch
-  -> repeat -> k random crop positions (rng from seed and global position) -> the crops' pixels (region
-  decode of only the MCUs each crop covers, or one whole-photo decode for photos build-data could not
-  rewrite; exif_jax.data.crops) -> tokenize -> this process's slice -> [worker processes]
-  -> split into single crops -> seeded window shuffle (a photo's k crops land in different batches)
-  -> per-process batches -> prefetch thread -> (GlobalBatchIterator) one global jax.Array per field,
-  batch-sharded on the mesh.
+  photos (the build's index, in shard order) -> seeded global shuffle, reshuffled every epoch -> repeat
+  -> tag with the global position -> k random crop positions (rng from seed and global position) -> the
+  crops' pixels (region decode of only the MCUs each crop covers, read as byte ranges, or one whole-photo
+  decode for photos build-data could not rewrite; exif_jax.data.reader) -> tokenize -> this process's
+  slice -> [worker processes] -> split into single crops -> seeded window shuffle (a photo's k crops land
+  in different batches) -> per-process batches -> prefetch thread -> (GlobalBatchIterator) one global
+  jax.Array per field, batch-sharded on the mesh.
+
+At one crop per photo the batch is formed first and its photos are read together: every head, then every
+band range, all in flight at once (latency of object storage hidden by concurrency, not paid per photo).
+Builds of earlier versions (no index.npy) are read from their ArrayRecord shards as before.
 
 Pixels are never resized or resampled: the camera's demosaicing and JPEG traces at native resolution
 are the signal the image tower learns from.
@@ -26,8 +30,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from exif_jax.data import crops as crops_lib
-from exif_jax.data import mixing, records
-from exif_jax.data.build import shard_paths
+from exif_jax.data import mixing, reader, records
 from exif_jax.data.pixel_store import PixelReader
 from exif_jax.sharding import BATCH_AXES, batch_sharding
 
@@ -47,7 +50,7 @@ class TokenizerLike(Protocol):
 def make_source(data_dir: str) -> grain.sources.RandomAccessDataSource:
     """A grain random-access source over all shards in `data_dir`; element i is record i's bytes."""
     # build's shard list refuses unfinished or mixed builds; sorted, so record indices are stable.
-    return grain.sources.ArrayRecordDataSource(shard_paths(data_dir))
+    return grain.sources.ArrayRecordDataSource(reader.shard_paths(data_dir))
 
 
 def text_id(text: str) -> int:
@@ -150,6 +153,65 @@ class _DecodeCropTokenize(grain.transforms.RandomMap):
         }
 
 
+class _PhotoIndex(grain.sources.RandomAccessDataSource):
+    """Element i is photo i of a build in the range-read layout (its index row is read where it is decoded)."""
+
+    def __init__(self, n: int):
+        self._n = n
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, index: int) -> int:
+        return index % self._n  # views past one epoch pass the raw position down
+
+
+def _with_position(position: int, index: int) -> tuple[int, int]:
+    return position, index
+
+
+class _ReadCrops:
+    """(global position, photo) pairs -> their crops with ids and tokens, every read of the group in flight
+    at once. One pair gives a k-crop group (leading dim k); a batch of pairs (k == 1) gives a batch."""
+
+    def __init__(self, data_dir: str, crop_size: int, k: int, tokenizer: TokenizerLike, decode: str, seed: int,
+                 batched: bool):
+        self.data_dir, self.crop_size, self.k = data_dir, crop_size, k
+        self.tokenizer, self.decode, self.seed, self.batched = tokenizer, decode, seed, batched
+        self._build: reader.Build | None = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_build": None}  # each worker opens the build itself
+
+    def _positions(self, position: int):
+        s, k = self.crop_size, self.k
+        return lambda h, w: crop_positions(h, w, k, s, np.random.default_rng((self.seed, position)))
+
+    def __call__(self, element: Any) -> dict[str, np.ndarray]:
+        if self._build is None:
+            self._build = reader.Build(self.data_dir)
+        if self.batched:
+            positions, indices = (np.asarray(a).tolist() for a in element)
+        else:
+            positions, indices = [int(element[0])], [int(element[1])]
+        s = self.crop_size
+        try:
+            got = self._build.fetch(indices, [self._positions(p) for p in positions], s, decode=self.decode)
+        except ValueError as e:
+            raise ValueError(f"{self.data_dir}: {e}") from e
+        rngs = [np.random.default_rng((self.seed, p)) for p in positions]
+        tokens = np.stack([np.asarray(self.tokenizer.encode(rec["text"]), np.int32) for rec, _ in got])
+        text_ids = np.array([text_id(rec["text"]) for rec, _ in got], np.int32)
+        offsets = np.stack([crop_positions(rec["height"], rec["width"], self.k, s, rng) for (rec, _), rng
+                            in zip(got, rngs)])
+        if self.batched:  # k == 1: a batch of single crops
+            return {"image": np.stack([c[0] for _, c in got]), "tokens": tokens,
+                    "image_id": np.asarray(indices, np.int32), "text_id": text_ids, "offset": offsets[:, 0]}
+        k, (rec, crops) = self.k, got[0]
+        return {"image": crops, "tokens": np.tile(tokens, (k, 1)), "image_id": np.full((k,), indices[0], np.int32),
+                "text_id": np.full((k,), text_ids[0], np.int32), "offset": offsets[0]}
+
+
 def _to_numpy(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: np.array(v) for k, v in batch.items()}
 
@@ -201,20 +263,34 @@ def make_loader(
     spread = int(d.spread_batches) or (4 if k > 1 else 1)
     shuffle_seed, crop_seed, spread_seed = _seeds(seed)
 
-    ds = grain.MapDataset.source(_IndexedRecords(d.train_dir))
+    indexed = reader.has_index(d.train_dir)
+    if indexed:
+        ds = grain.MapDataset.source(_PhotoIndex(len(reader.load_index(d.train_dir))))
+    else:
+        ds = grain.MapDataset.source(_IndexedRecords(d.train_dir))
     if d.shuffle:
         # Before repeat: both shuffles see the raw position, so each epoch gets its own order.
         ds = mixing.shuffled(ds, shuffle_seed)
     ds = ds.repeat(num_epochs)
-    # Crops drawn before the process split: the rng depends on the global position only.
-    ds = ds.random_map(_DecodeCropTokenize(d.train_dir, int(d.crop_size), k, tokenizer, d.decode, k == 1),
-                       seed=crop_seed)
-    ds = ds[process_index::process_count]
+    if indexed:
+        # Crops are drawn from the global position (before the process split): the same in any process count.
+        ds = ds.map_with_index(_with_position)
+        read = _ReadCrops(d.train_dir, int(d.crop_size), k, tokenizer, d.decode, crop_seed, batched=k == 1)
+        if k == 1:
+            # One crop per photo: the batch is formed first and read as one (all its requests in flight),
+            # inside the worker processes, so the main process only moves whole batches.
+            ds = ds[process_index::process_count].batch(local_batch, drop_remainder=True).map(read)
+        else:
+            ds = ds.map(read)[process_index::process_count]
+    else:
+        # Crops drawn before the process split: the rng depends on the global position only.
+        ds = ds.random_map(_DecodeCropTokenize(d.train_dir, int(d.crop_size), k, tokenizer, d.decode, k == 1),
+                           seed=crop_seed)
+        ds = ds[process_index::process_count]
+        if k == 1:
+            ds = ds.batch(local_batch, drop_remainder=True)
 
     if k == 1:
-        # One crop per photo: batch by index here, inside the worker processes, so the main process only
-        # moves whole batches (it would otherwise touch every crop, thousands a second).
-        ds = ds.batch(local_batch, drop_remainder=True)
         images_per_batch = 1  # elements are batches from here on
     else:
         images_per_batch = -(-local_batch // k)

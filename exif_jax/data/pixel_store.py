@@ -1,4 +1,6 @@
-"""Pixel files: each shard's JPEG streams and MCU tables, written once, read by memory map.
+"""Pixel files: each shard's photo blobs, written once. Builds of this version write the range-read layout
+of exif_jax/data/layout.py through `PixelWriter.add_blob` and are read by byte ranges (reader.Build); the
+layout below is that of earlier builds (layout 2), still read from local disk by `PixelReader`.
 
 A shard `records-i-of-n.array_record` holds small records (EXIF text, tags, size, where the pixels are);
 its pixels live beside it in `records-i-of-n.pixels`, one blob per photo:
@@ -52,6 +54,10 @@ class PixelWriter:
     def add(self, data: bytes) -> Blob:
         """Store raw bytes (an original file)."""
         return Blob(file=os.path.basename(self.path), at=self._write(data), len=len(data))
+
+    def add_blob(self, data: bytes) -> int:
+        """Append one blob; returns its offset."""
+        return self._write(data)
 
     def add_indexed(self, stream: bytes, row_starts: np.ndarray, lengths: np.ndarray) -> tuple[Blob, int]:
         """Store a rewritten stream and its MCU tables; returns (stream blob, offset of the row-start table)."""
