@@ -41,7 +41,7 @@ SIDECAR_SUFFIX = ".json"
 BUILD_INDEX = "index.npy"
 LAYOUT_VERSION = 3
 
-BAND_ROWS = 16      # MCU rows a band: a 128-px crop (+ chroma context) touches 1.4 bands on average
+BAND_ROWS = 24      # MCU rows a band: a 128-px crop (+ chroma context) touches 1.5 bands on average
 MAGIC = b"EXJ3"
 KIND_BANDED, KIND_WHOLE = 1, 2
 # magic, kind, table_bytes, unit_shift, pad, record_len, header_len, body_len (whole: stream length),
@@ -113,7 +113,8 @@ def encode_banded(record: bytes, stream: bytes, header_len: int, sof_hw_at: int,
     bands, units, table_bytes, unit_shift = _band_columns(stream, offsets, mcus_y, mcus_x, band_rows)
     header = bytes(stream[:header_len])
     fixed = _FIXED.pack(MAGIC, KIND_BANDED, table_bytes, unit_shift, 0, len(record), len(header),
-                        sum(map(len, bands)), sof_hw_at, band_rows, mcu_h, mcu_w, mcus_y, mcus_x).ljust(FIXED_LEN, b"\0")
+                        sum(map(len, bands)), sof_hw_at, band_rows, mcu_h, mcu_w, mcus_y, mcus_x)
+    fixed = fixed.ljust(FIXED_LEN, b"\0")
     tables = units.astype("u1" if table_bytes == 1 else "<u2").tobytes()
     blob = b"".join([fixed, record, header, tables, *bands])
     return blob, {"len": len(blob), "head_len": FIXED_LEN + len(record) + len(header), "kind": KIND_BANDED,

@@ -20,6 +20,9 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import os
+import sys
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
@@ -33,6 +36,9 @@ from exif_jax.data import crops as crops_lib
 from exif_jax.data import mixing, reader, records
 from exif_jax.data.pixel_store import PixelReader
 from exif_jax.sharding import BATCH_AXES, batch_sharding
+
+# Seconds between a reading process's log lines (requests, retries, bytes of its storage reads).
+LOG_EVERY_S = 60.0
 
 # Host batch fields that the model consumes; `offset` (crop origin, for tests/debugging) is host-only.
 MODEL_FIELDS = ("image", "tokens", "image_id", "text_id")
@@ -179,9 +185,20 @@ class _ReadCrops:
         self.data_dir, self.crop_size, self.k = data_dir, crop_size, k
         self.tokenizer, self.decode, self.seed, self.batched = tokenizer, decode, seed, batched
         self._build: reader.Build | None = None
+        self._logged = 0.0
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_build": None}  # each worker opens the build itself
+        return {**self.__dict__, "_build": None, "_logged": 0.0}  # each worker opens the build itself
+
+    def _log(self) -> None:
+        """The loader's log line: what its storage reads cost so far, retries included (once a minute)."""
+        now = time.monotonic()
+        if now - self._logged < LOG_EVERY_S:
+            return
+        self._logged = now
+        st = self._build.ranges.stats
+        print(f"loader (pid {os.getpid()}): {st['requests']} requests, {st['retries']} retried, "
+              f"{st['bytes'] / 1e6:.1f} MB read from {self.data_dir}", file=sys.stderr, flush=True)
 
     def _positions(self, position: int):
         s, k = self.crop_size, self.k
@@ -199,6 +216,7 @@ class _ReadCrops:
             got = self._build.fetch(indices, [self._positions(p) for p in positions], s, decode=self.decode)
         except ValueError as e:
             raise ValueError(f"{self.data_dir}: {e}") from e
+        self._log()
         rngs = [np.random.default_rng((self.seed, p)) for p in positions]
         tokens = np.stack([np.asarray(self.tokenizer.encode(rec["text"]), np.int32) for rec, _ in got])
         text_ids = np.array([text_id(rec["text"]) for rec, _ in got], np.int32)
@@ -207,7 +225,7 @@ class _ReadCrops:
         if self.batched:  # k == 1: a batch of single crops
             return {"image": np.stack([c[0] for _, c in got]), "tokens": tokens,
                     "image_id": np.asarray(indices, np.int32), "text_id": text_ids, "offset": offsets[:, 0]}
-        k, (rec, crops) = self.k, got[0]
+        k, crops = self.k, got[0][1]
         return {"image": crops, "tokens": np.tile(tokens, (k, 1)), "image_id": np.full((k,), indices[0], np.int32),
                 "text_id": np.full((k,), text_ids[0], np.int32), "offset": offsets[0]}
 

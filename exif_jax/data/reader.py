@@ -9,7 +9,6 @@ before.
 from __future__ import annotations
 
 import io
-import os
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -107,7 +106,6 @@ class Build:
         plan = []
         for j, (r, hd, bb) in enumerate(zip(rows, heads, bounds)):
             if r["kind"] == layout.KIND_BANDED and decode == "whole":
-                nb = -(-int(r["mcus_y"]) // int(r["band_rows"]))
                 bb = [(0, int(r["mcus_y"]), 0, int(r["mcus_x"]))]
                 bounds[j] = bb
             per_crop = []
@@ -207,8 +205,3 @@ def original_bytes(data_dir: str, rec: Record) -> bytes:
     if has_index(data_dir):
         return storage.RangeReader(data_dir).read([(blob["file"], blob["at"], blob["at"] + blob["len"])])[0]
     return bytes(PixelReader(data_dir).bytes_of(blob))
-
-
-def local_dir(data_dir: str) -> str:
-    """`data_dir` as given when local (older builds need a local folder)."""
-    return data_dir if not storage.is_remote(data_dir) else os.fspath(data_dir)
