@@ -171,6 +171,18 @@ class Server:
         return f"Server({self.kind!r}, {self.endpoint!r})"
 
 
+# Cloud SDKs probe their metadata servers (169.254.169.254, metadata.google.internal) when they look for default
+# credentials; google-auth reads NO_GCE_CHECK and GCE_METADATA_* once, when gcsfs first imports it.
+METADATA_OFF_ENV = {"NO_GCE_CHECK": "true", "GCE_METADATA_HOST": f"{HOST}:9", "GCE_METADATA_IP": f"{HOST}:9",
+                    "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+def keep_metadata_probes_on_loopback() -> None:
+    """Set METADATA_OFF_ENV (where unset) in this process: call before gcsfs/google-auth/boto are imported."""
+    for k, v in METADATA_OFF_ENV.items():
+        os.environ.setdefault(k, v)
+
+
 def client_env(kind: str, endpoint: str) -> dict[str, str]:
     """Client environment for a `kind` ("s3"/"gcs") store at `endpoint` (see ../shared/notes/scale.md)."""
     if kind == "s3":
@@ -270,8 +282,8 @@ class Proxy:
         return self._control("POST", "reset")
 
     def configure(self, **settings: Any) -> dict:
-        """Change settings at run time (keys as `start_proxy`'s, plus `script`: a list of fault kinds given, in
-        order, to the next eligible requests before random faults resume). Returns all settings."""
+        """Change settings at run time (keys as `start_proxy`'s, plus `script`: fault kinds given, in order, to the
+        next requests whose method is in fault_methods, before random faults resume). Returns all settings."""
         return self._control("POST", "config", settings)
 
     def config(self) -> dict:
@@ -286,12 +298,13 @@ class Proxy:
 
 def start_proxy(upstream: str | Server, *, latency_s: float = 0.0, fault_rate: float = 0.0,
                 faults: tuple[str, ...] | list[str] = FAULT_KINDS, max_upstream: int = 4, seed: int = 0,
-                fault_writes: bool = False, timeout_hold_s: float = 30.0, port: int | None = None,
-                timeout: float = 30.0) -> Proxy:
+                fault_methods: tuple[str, ...] | list[str] = ("GET",), timeout_hold_s: float = 30.0,
+                port: int | None = None, timeout: float = 30.0) -> Proxy:
     """Start the proxy subprocess in front of `upstream` (a Server or an http://127.0.0.1:P URL).
 
     latency_s: added to every request (concurrent requests overlap: it is an asyncio.sleep).
-    fault_rate: probability that an eligible request (GET/HEAD reads; writes too with fault_writes) gets one of
+    fault_rate: probability that a request whose method is in `fault_methods` (reads only by default; add "PUT",
+      "POST", "DELETE" to fault writes) gets one of
       `faults`, drawn from a RNG seeded with `seed`: "503"/"429" (S3 XML or GCS JSON error body), "reset" (TCP RST,
       no response), "timeout" (no response for timeout_hold_s, then the connection is closed), "truncate" (status
       and the full Content-Length, half the body, then close).
@@ -302,7 +315,7 @@ def start_proxy(upstream: str | Server, *, latency_s: float = 0.0, fault_rate: f
     if URL(url).host != HOST:
         raise ValueError(f"proxy upstream {url!r} is not on {HOST}: only loopback servers are allowed")
     config = {"latency_s": latency_s, "fault_rate": fault_rate, "faults": list(faults), "max_upstream": max_upstream,
-              "seed": seed, "fault_writes": fault_writes, "timeout_hold_s": timeout_hold_s}
+              "seed": seed, "fault_methods": list(fault_methods), "timeout_hold_s": timeout_hold_s}
     _validate_config(config)
     argv = [sys.executable, "-u", str(Path(__file__).resolve()), "proxy", "--upstream", url,
             "--port", str(port or 0), "--config", json.dumps(config)]
@@ -347,8 +360,7 @@ def env_for(target: Server | Proxy) -> dict[str, str]:
 
 _HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "trailers",
                "transfer-encoding", "upgrade", "content-length", "expect"}
-_WRITE_METHODS = {"PUT", "POST", "DELETE", "PATCH"}
-_SETTINGS = {"latency_s", "fault_rate", "faults", "max_upstream", "seed", "fault_writes", "timeout_hold_s", "script"}
+_SETTINGS = {"latency_s", "fault_rate", "faults", "max_upstream", "seed", "fault_methods", "timeout_hold_s", "script"}
 
 
 def _validate_config(cfg: dict) -> None:
@@ -378,7 +390,7 @@ class _ProxyApp:
     def __init__(self, upstream: str, config: dict):
         self.upstream = upstream.rstrip("/")
         self.cfg = {"latency_s": 0.0, "fault_rate": 0.0, "faults": list(FAULT_KINDS), "max_upstream": 4,
-                    "seed": 0, "fault_writes": False, "timeout_hold_s": 30.0, "script": []}
+                    "seed": 0, "fault_methods": ["GET"], "timeout_hold_s": 30.0, "script": []}
         self.stats = _zero_stats()
         self.inflight = 0
         self.upstream_inflight = 0
@@ -390,6 +402,7 @@ class _ProxyApp:
         _validate_config(changes)
         self.cfg.update(changes)
         self.cfg["script"] = list(self.cfg["script"])
+        self.cfg["fault_methods"] = [m.upper() for m in self.cfg["fault_methods"]]
         if "seed" in changes or not hasattr(self, "rng"):
             self.rng = random.Random(self.cfg["seed"])
         if "max_upstream" in changes or not hasattr(self, "gate"):
@@ -423,7 +436,7 @@ class _ProxyApp:
         return web.json_response({"error": f"no control endpoint {request.method} {request.path}"}, status=404)
 
     def _pick_fault(self, method: str) -> str | None:
-        if method not in ("GET", "HEAD") and not (self.cfg["fault_writes"] and method in _WRITE_METHODS):
+        if method not in self.cfg["fault_methods"]:
             return None
         if self.cfg["script"]:
             return self.cfg["script"].pop(0)
@@ -529,7 +542,8 @@ class _ProxyApp:
             # SO_LINGER 0: close() sends a TCP RST, so the client gets ECONNRESET rather than a clean EOF.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         request.transport.abort()
-        raise ConnectionResetError("injected reset")
+        # Nothing of this response goes out (the transport is gone); aiohttp drops it without logging.
+        return web.Response(status=500)
 
 
 async def _serve(upstream: str, port: int, config: dict) -> None:
@@ -538,7 +552,10 @@ async def _serve(upstream: str, port: int, config: dict) -> None:
     app.router.add_route("*", "/{tail:.*}", state.handle)
     app.on_startup.append(state.start)
     app.on_cleanup.append(state.close)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    # handler_cancellation: a held ("timeout") request ends when its client gives up; shutdown_timeout: stop()
+    # does not wait for held requests.
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, handler_cancellation=True,
+                           shutdown_timeout=0.5)
     await runner.setup()
     site = web.TCPSite(runner, HOST, port, backlog=1024, reuse_address=True)
     await site.start()
