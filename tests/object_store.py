@@ -23,6 +23,7 @@ import ctypes
 import json
 import os
 import random
+import re
 import selectors
 import signal
 import socket
@@ -274,7 +275,7 @@ class Proxy:
 
     def stats(self) -> dict:
         """Counters since start or the last reset: requests/bytes_out/bytes_in by method, range_gets,
-        faults by kind, statuses, forwarded, upstream_errors, max_inflight, max_upstream_inflight."""
+        faults by kind, statuses, forwarded, upstream_errors, ranges_fixed, max_inflight, max_upstream_inflight."""
         return self._control("GET", "stats")
 
     def reset(self) -> dict:
@@ -299,7 +300,7 @@ class Proxy:
 def start_proxy(upstream: str | Server, *, latency_s: float = 0.0, fault_rate: float = 0.0,
                 faults: tuple[str, ...] | list[str] = FAULT_KINDS, max_upstream: int = 4, seed: int = 0,
                 fault_methods: tuple[str, ...] | list[str] = ("GET",), timeout_hold_s: float = 30.0,
-                port: int | None = None, timeout: float = 30.0) -> Proxy:
+                fix_ranges: bool = True, port: int | None = None, timeout: float = 30.0) -> Proxy:
     """Start the proxy subprocess in front of `upstream` (a Server or an http://127.0.0.1:P URL).
 
     latency_s: added to every request (concurrent requests overlap: it is an asyncio.sleep).
@@ -309,13 +310,16 @@ def start_proxy(upstream: str | Server, *, latency_s: float = 0.0, fault_rate: f
       no response), "timeout" (no response for timeout_hold_s, then the connection is closed), "truncate" (status
       and the full Content-Length, half the body, then close).
     max_upstream: concurrent requests forwarded upstream (clients are accepted without limit and wait their turn).
+    fix_ranges: a GET with one Range that the server answered 200 with the whole object (the GCS emulator ignores
+      suffix ranges `bytes=-N`) is answered 206 with the requested bytes, as S3 and GCS do; counted as ranges_fixed.
     """
     server = upstream if isinstance(upstream, Server) else None
     url = server.endpoint if server else str(upstream)
     if URL(url).host != HOST:
         raise ValueError(f"proxy upstream {url!r} is not on {HOST}: only loopback servers are allowed")
     config = {"latency_s": latency_s, "fault_rate": fault_rate, "faults": list(faults), "max_upstream": max_upstream,
-              "seed": seed, "fault_methods": list(fault_methods), "timeout_hold_s": timeout_hold_s}
+              "seed": seed, "fault_methods": list(fault_methods), "timeout_hold_s": timeout_hold_s,
+              "fix_ranges": fix_ranges}
     _validate_config(config)
     argv = [sys.executable, "-u", str(Path(__file__).resolve()), "proxy", "--upstream", url,
             "--port", str(port or 0), "--config", json.dumps(config)]
@@ -360,7 +364,26 @@ def env_for(target: Server | Proxy) -> dict[str, str]:
 
 _HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "trailers",
                "transfer-encoding", "upgrade", "content-length", "expect"}
-_SETTINGS = {"latency_s", "fault_rate", "faults", "max_upstream", "seed", "fault_methods", "timeout_hold_s", "script"}
+_SETTINGS = {"latency_s", "fault_rate", "faults", "max_upstream", "seed", "fault_methods", "timeout_hold_s", "script",
+             "fix_ranges"}
+_RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$")
+
+
+def _apply_range(header: str, body: bytes) -> tuple[int, bytes, str] | None:
+    """(status, body, Content-Range) for one `bytes=a-b`, `a-` or `-n` range of a whole object, as S3/GCS answer
+    it; None for what is not one such range."""
+    m = _RANGE.match(header)
+    if not m or m.groups() == ("", ""):
+        return None
+    a, b = m.groups()
+    total = len(body)
+    if a == "":
+        start, end = max(total - int(b), 0), total - 1
+    else:
+        start, end = int(a), min(int(b), total - 1) if b else total - 1
+    if start >= total or start > end:
+        return 416, b"", f"bytes */{total}"
+    return 206, body[start:end + 1], f"bytes {start}-{end}/{total}"
 
 
 def _validate_config(cfg: dict) -> None:
@@ -379,7 +402,7 @@ def _validate_config(cfg: dict) -> None:
 
 def _zero_stats() -> dict:
     return {"requests": {}, "bytes_out": {}, "bytes_in": {}, "range_gets": 0, "faults": {}, "statuses": {},
-            "forwarded": 0, "upstream_errors": 0, "max_inflight": 0, "max_upstream_inflight": 0}
+            "forwarded": 0, "upstream_errors": 0, "ranges_fixed": 0, "max_inflight": 0, "max_upstream_inflight": 0}
 
 
 def _bump(d: dict, key: str, n: int = 1) -> None:
@@ -390,7 +413,7 @@ class _ProxyApp:
     def __init__(self, upstream: str, config: dict):
         self.upstream = upstream.rstrip("/")
         self.cfg = {"latency_s": 0.0, "fault_rate": 0.0, "faults": list(FAULT_KINDS), "max_upstream": 4,
-                    "seed": 0, "fault_methods": ["GET"], "timeout_hold_s": 30.0, "script": []}
+                    "seed": 0, "fault_methods": ["GET"], "timeout_hold_s": 30.0, "script": [], "fix_ranges": True}
         self.stats = _zero_stats()
         self.inflight = 0
         self.upstream_inflight = 0
@@ -493,8 +516,18 @@ class _ProxyApp:
             finally:
                 self.upstream_inflight -= 1
         st["forwarded"] += 1
+        reason = up.reason
+        if self.cfg["fix_ranges"] and method == "GET" and status == 200 and "Range" in request.headers:
+            fixed = _apply_range(request.headers["Range"], payload)
+            if fixed is not None:  # the server ignored the Range (the GCS emulator does so for bytes=-N)
+                st["ranges_fixed"] += 1
+                status, payload, content_range = fixed
+                reason = None
+                up_headers = up_headers.copy()
+                up_headers.popall("Content-Range", None)
+                up_headers["Content-Range"] = content_range
         _bump(st["statuses"], str(status))
-        resp = web.StreamResponse(status=status, reason=up.reason)
+        resp = web.StreamResponse(status=status, reason=reason)
         for k, v in up_headers.items():
             if k.lower() in _HOP_BY_HOP:
                 continue

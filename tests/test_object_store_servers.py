@@ -40,7 +40,8 @@ def proxies(s3_server, gcs_server):
 def store(request, proxies, monkeypatch):
     """(kind, proxy) with the client environment pointing at the proxy and a 64 KiB object `data` in the bucket."""
     proxy = proxies[request.param]
-    proxy.configure(latency_s=0.0, fault_rate=0.0, script=[], timeout_hold_s=0.5, fault_methods=["GET"])
+    proxy.configure(latency_s=0.0, fault_rate=0.0, script=[], timeout_hold_s=0.5, fault_methods=["GET"],
+                    fix_ranges=True)
     for k, v in object_store.env_for(proxy).items():
         monkeypatch.setenv(k, v)
     kv = open_kvstore(proxy)
@@ -338,3 +339,30 @@ def test_fsspec_read_timeouts(store):
             fs.cat_file(f"{BUCKET}/data", start=0, end=5000)
         assert proxy.stats()["requests"]["GET"] == 1
     assert time.perf_counter() - t < 8
+
+
+@pytest.mark.parametrize("byte_range", [slice(-100, None), slice(60000, None), slice(None, 50)])
+def test_suffix_and_open_ranges(store, byte_range):
+    """Suffix and open-ended range reads by tensorstore are exact on both stores, one GET each. The GCS emulator
+    ignores `bytes=-N` (it sends the whole object); the proxy answers it as GCS does (ranges_fixed). A range past
+    the end is an OUT_OF_RANGE error in tensorstore, not a short value."""
+    kind, proxy = store
+    kv = open_kvstore(proxy)
+    proxy.reset()
+    assert kv.read("data", byte_range=byte_range).result().value == DATA[byte_range]
+    st = proxy.stats()
+    assert st["requests"] == {"GET": 1} and st["bytes_out"]["GET"] == len(DATA[byte_range]), st
+    assert st["ranges_fixed"] == (1 if kind == "gcs" and byte_range.start == -100 else 0), st
+    with pytest.raises(ValueError, match="OUT_OF_RANGE"):
+        kv.read("data", byte_range=slice(len(DATA) - 10, len(DATA) + 10)).result()
+
+
+def test_unfixed_suffix_range_is_detected_by_tensorstore(store):
+    """Without the fix, tensorstore notices that the GCS emulator ignored the suffix range: an error, not data."""
+    kind, proxy = store
+    if kind != "gcs":
+        pytest.skip("moto honours suffix ranges")
+    proxy.configure(fix_ranges=False)
+    with pytest.raises(ValueError, match="ignored by server"):
+        open_kvstore(proxy).read("data", byte_range=slice(-100, None)).result()
+    proxy.configure(fix_ranges=True)
