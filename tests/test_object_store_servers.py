@@ -127,7 +127,7 @@ def test_latency_is_added_and_overlaps(store):
     many = time.perf_counter() - t
     print(f"{kind}: 1 read at 50 ms: {one * 1e3:.0f} ms wall; 16 concurrent: {many * 1e3:.0f} ms wall")
     assert one >= 0.05
-    assert 0.05 <= many < 0.05 * 16 / 3, "concurrent requests were serialised by the proxy"
+    assert 0.05 <= many < 0.05 * 16 / 2, "concurrent requests were serialised by the proxy"
     st = proxy.stats()
     assert st["max_inflight"] > 4, st  # clients are accepted without limit ...
     assert 1 <= st["max_upstream_inflight"] <= proxy.config()["max_upstream"], st  # ... the server sees the cap
@@ -201,9 +201,9 @@ def test_config_rejects_unknown_settings(proxies):
 
 def test_client_cpu_per_1000_range_reads(proxies, monkeypatch):
     """Client CPU seconds per 1,000 10 KiB range reads through the proxy at 0 ms added (proxy and server CPU are in
-    other processes): tensorstore s3/gcs with all futures issued at once, gcsfs cat_ranges. Printed, not asserted:
-    the issue's benchmark owns the figures."""
-    n, size = 1000, 10 * 1024
+    other processes): tensorstore s3/gcs with all futures issued at once, gcsfs cat_ranges. 500 reads each, scaled;
+    printed, not asserted: the issue's benchmark owns the figures."""
+    n, size = 500, 10 * 1024
     obj = bytes(range(256)) * (4 * 1024)  # 1 MiB
     starts = [(i * 7919 * 16) % (len(obj) - size) for i in range(n)]
     want = [obj[s:s + size] for s in starts]
@@ -228,7 +228,8 @@ def test_client_cpu_per_1000_range_reads(proxies, monkeypatch):
             got = fs.cat_ranges([f"{BUCKET}/cpu"] * n, starts, [s + size for s in starts])
             rows.append(("gcsfs cat_ranges", time.process_time() - c, time.perf_counter() - t, proxy.stats()))
             assert got == want
-    print(f"\nclient CPU per {n} x {size // 1024} KiB range reads through the proxy (0 ms added):")
+    print(f"\nclient CPU and wall seconds per 1,000 {size // 1024} KiB range reads through the proxy (0 ms added; "
+          f"{n} measured):")
     for name, cpu, wall, st in rows:
         print(f"  {name:<18} {cpu * 1000 / n:6.3f} CPU-s  {wall * 1000 / n:6.2f} wall-s  "
               f"GETs={st['requests'].get('GET')}  bytes={st['bytes_out'].get('GET')}")
