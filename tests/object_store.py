@@ -84,6 +84,11 @@ class _Process:
             raise RuntimeError(f"{self.name} exited with code {self.proc.returncode}; its log "
                                f"({self.log.name}) ends with:\n{self.log_tail()}")
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds used so far by this process and its waited-for children (/proc)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         _LIVE.discard(self)
         if self.proc.poll() is None:
@@ -164,6 +169,10 @@ class Server:
         """A tensorstore kvstore spec for `bucket` on this server (gcs also needs `env` set: the driver reads
         TENSORSTORE_GCS_HTTP_URL when the store is opened)."""
         return kvstore_spec(self.kind, self.endpoint, bucket, path)
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds the server process has used (what its requests cost, outside the client process)."""
+        return self.process.cpu_seconds()
 
     def stop(self) -> None:
         self.process.stop()
@@ -289,6 +298,10 @@ class Proxy:
 
     def config(self) -> dict:
         return self._control("GET", "config")
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds the proxy process has used."""
+        return self.process.cpu_seconds()
 
     def stop(self) -> None:
         self.process.stop()

@@ -94,6 +94,7 @@ def test_range_reads_are_counted(store, client):
         values = [fs.cat_file(f"{BUCKET}/data", start=s, end=s + size) for s in starts]
     assert values == [DATA[s:s + size] for s in starts]
     st = proxy.stats()
+    assert proxy.cpu_seconds() > 0 and proxy.server.cpu_seconds() > 0
     assert st["requests"] == {"GET": n}, st
     assert st["range_gets"] == n, st
     assert st["bytes_out"]["GET"] == n * size, st
@@ -216,23 +217,25 @@ def test_client_cpu_per_1000_range_reads(proxies, monkeypatch):
         kv = open_kvstore(proxy)
         kv.write("cpu", obj).result()
         proxy.reset()
-        c, t = time.process_time(), time.perf_counter()
+        c, t, sc, pc = time.process_time(), time.perf_counter(), proxy.server.cpu_seconds(), proxy.cpu_seconds()
         got = [f.result().value for f in [kv.read("cpu", byte_range=slice(s, s + size)) for s in starts]]
-        rows.append((f"tensorstore {kind}", time.process_time() - c, time.perf_counter() - t, proxy.stats()))
+        rows.append((f"tensorstore {kind}", time.process_time() - c, time.perf_counter() - t, proxy.stats(),
+                     proxy.server.cpu_seconds() - sc, proxy.cpu_seconds() - pc))
         assert got == want
         if kind == "gcs":
             fs = open_fs("gcs")
             fs.cat_file(f"{BUCKET}/cpu", start=0, end=10)
             proxy.reset()
-            c, t = time.process_time(), time.perf_counter()
+            c, t, sc, pc = time.process_time(), time.perf_counter(), proxy.server.cpu_seconds(), proxy.cpu_seconds()
             got = fs.cat_ranges([f"{BUCKET}/cpu"] * n, starts, [s + size for s in starts])
-            rows.append(("gcsfs cat_ranges", time.process_time() - c, time.perf_counter() - t, proxy.stats()))
+            rows.append(("gcsfs cat_ranges", time.process_time() - c, time.perf_counter() - t, proxy.stats(),
+                         proxy.server.cpu_seconds() - sc, proxy.cpu_seconds() - pc))
             assert got == want
     print(f"\nclient CPU and wall seconds per 1,000 {size // 1024} KiB range reads through the proxy (0 ms added; "
           f"{n} measured):")
-    for name, cpu, wall, st in rows:
-        print(f"  {name:<18} {cpu * 1000 / n:6.3f} CPU-s  {wall * 1000 / n:6.2f} wall-s  "
-              f"GETs={st['requests'].get('GET')}  bytes={st['bytes_out'].get('GET')}")
+    for name, cpu, wall, st, server_cpu, proxy_cpu in rows:
+        print(f"  {name:<18} client {cpu * 1000 / n:6.3f} CPU-s  {wall * 1000 / n:6.2f} wall-s  (server "
+              f"{server_cpu * 1000 / n:.2f}, proxy {proxy_cpu * 1000 / n:.2f} CPU-s)  GETs={st['requests'].get('GET')}")
         assert st["requests"] == {"GET": n} and st["bytes_out"]["GET"] == n * size, (name, st)
 
 
