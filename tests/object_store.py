@@ -294,7 +294,7 @@ class Proxy:
     def configure(self, **settings: Any) -> dict:
         """Change settings at run time (keys as `start_proxy`'s, plus `script`: fault kinds given, in order, to the
         next requests whose method is in fault_methods, before random faults resume). Returns all settings."""
-        return self._control("POST", "config", settings)
+        return self._control("POST", "config", _fold_fault_writes(settings))
 
     def config(self) -> dict:
         return self._control("GET", "config")
@@ -313,7 +313,8 @@ class Proxy:
 def start_proxy(upstream: str | Server, *, latency_s: float = 0.0, fault_rate: float = 0.0,
                 faults: tuple[str, ...] | list[str] = FAULT_KINDS, max_upstream: int = 4, seed: int = 0,
                 fault_methods: tuple[str, ...] | list[str] = ("GET",), timeout_hold_s: float = 30.0,
-                fix_ranges: bool = True, port: int | None = None, timeout: float = 30.0) -> Proxy:
+                fix_ranges: bool = True, fault_writes: bool = False, port: int | None = None,
+                timeout: float = 30.0) -> Proxy:
     """Start the proxy subprocess in front of `upstream` (a Server or an http://127.0.0.1:P URL).
 
     latency_s: added to every request (concurrent requests overlap: it is an asyncio.sleep).
@@ -323,6 +324,7 @@ def start_proxy(upstream: str | Server, *, latency_s: float = 0.0, fault_rate: f
       no response), "timeout" (no response for timeout_hold_s, then the connection is closed), "truncate" (status
       and the full Content-Length, half the body, then close).
     max_upstream: concurrent requests forwarded upstream (clients are accepted without limit and wait their turn).
+    fault_writes: shorthand (kept for callers of the first version): adds PUT, POST, DELETE to fault_methods.
     fix_ranges: a GET with one Range that the server answered 200 with the whole object (the GCS emulator ignores
       suffix ranges `bytes=-N`) is answered 206 with the requested bytes, as S3 and GCS do; counted as ranges_fixed.
     """
@@ -332,7 +334,8 @@ def start_proxy(upstream: str | Server, *, latency_s: float = 0.0, fault_rate: f
         raise ValueError(f"proxy upstream {url!r} is not on {HOST}: only loopback servers are allowed")
     config = {"latency_s": latency_s, "fault_rate": fault_rate, "faults": list(faults), "max_upstream": max_upstream,
               "seed": seed, "fault_methods": list(fault_methods), "timeout_hold_s": timeout_hold_s,
-              "fix_ranges": fix_ranges}
+              "fix_ranges": fix_ranges, "fault_writes": fault_writes}
+    config = _fold_fault_writes(config)
     _validate_config(config)
     argv = [sys.executable, "-u", str(Path(__file__).resolve()), "proxy", "--upstream", url,
             "--port", str(port or 0), "--config", json.dumps(config)]
@@ -397,6 +400,17 @@ def _apply_range(header: str, body: bytes) -> tuple[int, bytes, str] | None:
     if start >= total or start > end:
         return 416, b"", f"bytes */{total}"
     return 206, body[start:end + 1], f"bytes {start}-{end}/{total}"
+
+
+def _fold_fault_writes(settings: dict) -> dict:
+    """`fault_writes=True/False` (the first version's setting) as the write methods in or out of fault_methods."""
+    settings = dict(settings)
+    if "fault_writes" in settings:
+        writes = {"PUT", "POST", "DELETE"}
+        current = settings.get("fault_methods", ["GET"])
+        kept = [m for m in current if m.upper() not in writes]
+        settings["fault_methods"] = kept + sorted(writes) if settings.pop("fault_writes") else kept
+    return settings
 
 
 def _validate_config(cfg: dict) -> None:

@@ -266,6 +266,7 @@ def test_write_faults_when_asked(store):
     """fault_methods takes writes too: a 503 on the upload is retried by tensorstore and the object is whole."""
     kind, proxy = store
     method = "PUT" if kind == "s3" else "POST"
+    assert set(proxy.configure(fault_writes=True)["fault_methods"]) == {"GET", "PUT", "POST", "DELETE"}
     proxy.configure(fault_methods=[method], script=["503"])
     kv = open_kvstore(proxy)
     kv.write("faulted-write", DATA[:3000]).result()
