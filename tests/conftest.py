@@ -70,6 +70,8 @@ def trained_workdir(bundled_records, tmp_path_factory) -> str:
 import object_store  # noqa: E402  (tests/ is on sys.path: pytest puts a conftest's folder there)
 from object_store import env_for  # noqa: E402,F401  (for test files: `from conftest import env_for`)
 
+object_store.keep_metadata_probes_on_loopback()  # before any test module imports gcsfs or boto
+
 
 @pytest.fixture(scope="session")
 def s3_server():

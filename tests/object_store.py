@@ -23,6 +23,7 @@ import ctypes
 import json
 import os
 import random
+import re
 import selectors
 import signal
 import socket
@@ -82,6 +83,11 @@ class _Process:
         if self.proc.poll() is not None:
             raise RuntimeError(f"{self.name} exited with code {self.proc.returncode}; its log "
                                f"({self.log.name}) ends with:\n{self.log_tail()}")
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds used so far by this process and its waited-for children (/proc)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         _LIVE.discard(self)
@@ -164,11 +170,27 @@ class Server:
         TENSORSTORE_GCS_HTTP_URL when the store is opened)."""
         return kvstore_spec(self.kind, self.endpoint, bucket, path)
 
+    def cpu_seconds(self) -> float:
+        """CPU seconds the server process has used (what its requests cost, outside the client process)."""
+        return self.process.cpu_seconds()
+
     def stop(self) -> None:
         self.process.stop()
 
     def __repr__(self) -> str:
         return f"Server({self.kind!r}, {self.endpoint!r})"
+
+
+# Cloud SDKs probe their metadata servers (169.254.169.254, metadata.google.internal) when they look for default
+# credentials; google-auth reads NO_GCE_CHECK and GCE_METADATA_* once, when gcsfs first imports it.
+METADATA_OFF_ENV = {"NO_GCE_CHECK": "true", "GCE_METADATA_HOST": f"{HOST}:9", "GCE_METADATA_IP": f"{HOST}:9",
+                    "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+def keep_metadata_probes_on_loopback() -> None:
+    """Set METADATA_OFF_ENV (where unset) in this process: call before gcsfs/google-auth/boto are imported."""
+    for k, v in METADATA_OFF_ENV.items():
+        os.environ.setdefault(k, v)
 
 
 def client_env(kind: str, endpoint: str) -> dict[str, str]:
@@ -262,7 +284,7 @@ class Proxy:
 
     def stats(self) -> dict:
         """Counters since start or the last reset: requests/bytes_out/bytes_in by method, range_gets,
-        faults by kind, statuses, forwarded, upstream_errors, max_inflight, max_upstream_inflight."""
+        faults by kind, statuses, forwarded, upstream_errors, ranges_fixed, max_inflight, max_upstream_inflight."""
         return self._control("GET", "stats")
 
     def reset(self) -> dict:
@@ -270,12 +292,16 @@ class Proxy:
         return self._control("POST", "reset")
 
     def configure(self, **settings: Any) -> dict:
-        """Change settings at run time (keys as `start_proxy`'s, plus `script`: a list of fault kinds given, in
-        order, to the next eligible requests before random faults resume). Returns all settings."""
-        return self._control("POST", "config", settings)
+        """Change settings at run time (keys as `start_proxy`'s, plus `script`: fault kinds given, in order, to the
+        next requests whose method is in fault_methods, before random faults resume). Returns all settings."""
+        return self._control("POST", "config", _fold_fault_writes(settings))
 
     def config(self) -> dict:
         return self._control("GET", "config")
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds the proxy process has used."""
+        return self.process.cpu_seconds()
 
     def stop(self) -> None:
         self.process.stop()
@@ -286,23 +312,30 @@ class Proxy:
 
 def start_proxy(upstream: str | Server, *, latency_s: float = 0.0, fault_rate: float = 0.0,
                 faults: tuple[str, ...] | list[str] = FAULT_KINDS, max_upstream: int = 4, seed: int = 0,
-                fault_writes: bool = False, timeout_hold_s: float = 30.0, port: int | None = None,
+                fault_methods: tuple[str, ...] | list[str] = ("GET",), timeout_hold_s: float = 30.0,
+                fix_ranges: bool = True, fault_writes: bool = False, port: int | None = None,
                 timeout: float = 30.0) -> Proxy:
     """Start the proxy subprocess in front of `upstream` (a Server or an http://127.0.0.1:P URL).
 
     latency_s: added to every request (concurrent requests overlap: it is an asyncio.sleep).
-    fault_rate: probability that an eligible request (GET/HEAD reads; writes too with fault_writes) gets one of
+    fault_rate: probability that a request whose method is in `fault_methods` (reads only by default; add "PUT",
+      "POST", "DELETE" to fault writes) gets one of
       `faults`, drawn from a RNG seeded with `seed`: "503"/"429" (S3 XML or GCS JSON error body), "reset" (TCP RST,
       no response), "timeout" (no response for timeout_hold_s, then the connection is closed), "truncate" (status
       and the full Content-Length, half the body, then close).
     max_upstream: concurrent requests forwarded upstream (clients are accepted without limit and wait their turn).
+    fault_writes: shorthand (kept for callers of the first version): adds PUT, POST, DELETE to fault_methods.
+    fix_ranges: a GET with one Range that the server answered 200 with the whole object (the GCS emulator ignores
+      suffix ranges `bytes=-N`) is answered 206 with the requested bytes, as S3 and GCS do; counted as ranges_fixed.
     """
     server = upstream if isinstance(upstream, Server) else None
     url = server.endpoint if server else str(upstream)
     if URL(url).host != HOST:
         raise ValueError(f"proxy upstream {url!r} is not on {HOST}: only loopback servers are allowed")
     config = {"latency_s": latency_s, "fault_rate": fault_rate, "faults": list(faults), "max_upstream": max_upstream,
-              "seed": seed, "fault_writes": fault_writes, "timeout_hold_s": timeout_hold_s}
+              "seed": seed, "fault_methods": list(fault_methods), "timeout_hold_s": timeout_hold_s,
+              "fix_ranges": fix_ranges, "fault_writes": fault_writes}
+    config = _fold_fault_writes(config)
     _validate_config(config)
     argv = [sys.executable, "-u", str(Path(__file__).resolve()), "proxy", "--upstream", url,
             "--port", str(port or 0), "--config", json.dumps(config)]
@@ -347,8 +380,37 @@ def env_for(target: Server | Proxy) -> dict[str, str]:
 
 _HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "trailers",
                "transfer-encoding", "upgrade", "content-length", "expect"}
-_WRITE_METHODS = {"PUT", "POST", "DELETE", "PATCH"}
-_SETTINGS = {"latency_s", "fault_rate", "faults", "max_upstream", "seed", "fault_writes", "timeout_hold_s", "script"}
+_SETTINGS = {"latency_s", "fault_rate", "faults", "max_upstream", "seed", "fault_methods", "timeout_hold_s", "script",
+             "fix_ranges"}
+_RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$")
+
+
+def _apply_range(header: str, body: bytes) -> tuple[int, bytes, str] | None:
+    """(status, body, Content-Range) for one `bytes=a-b`, `a-` or `-n` range of a whole object, as S3/GCS answer
+    it; None for what is not one such range."""
+    m = _RANGE.match(header)
+    if not m or m.groups() == ("", ""):
+        return None
+    a, b = m.groups()
+    total = len(body)
+    if a == "":
+        start, end = max(total - int(b), 0), total - 1
+    else:
+        start, end = int(a), min(int(b), total - 1) if b else total - 1
+    if start >= total or start > end:
+        return 416, b"", f"bytes */{total}"
+    return 206, body[start:end + 1], f"bytes {start}-{end}/{total}"
+
+
+def _fold_fault_writes(settings: dict) -> dict:
+    """`fault_writes=True/False` (the first version's setting) as the write methods in or out of fault_methods."""
+    settings = dict(settings)
+    if "fault_writes" in settings:
+        writes = {"PUT", "POST", "DELETE"}
+        current = settings.get("fault_methods", ["GET"])
+        kept = [m for m in current if m.upper() not in writes]
+        settings["fault_methods"] = kept + sorted(writes) if settings.pop("fault_writes") else kept
+    return settings
 
 
 def _validate_config(cfg: dict) -> None:
@@ -367,7 +429,7 @@ def _validate_config(cfg: dict) -> None:
 
 def _zero_stats() -> dict:
     return {"requests": {}, "bytes_out": {}, "bytes_in": {}, "range_gets": 0, "faults": {}, "statuses": {},
-            "forwarded": 0, "upstream_errors": 0, "max_inflight": 0, "max_upstream_inflight": 0}
+            "forwarded": 0, "upstream_errors": 0, "ranges_fixed": 0, "max_inflight": 0, "max_upstream_inflight": 0}
 
 
 def _bump(d: dict, key: str, n: int = 1) -> None:
@@ -378,7 +440,7 @@ class _ProxyApp:
     def __init__(self, upstream: str, config: dict):
         self.upstream = upstream.rstrip("/")
         self.cfg = {"latency_s": 0.0, "fault_rate": 0.0, "faults": list(FAULT_KINDS), "max_upstream": 4,
-                    "seed": 0, "fault_writes": False, "timeout_hold_s": 30.0, "script": []}
+                    "seed": 0, "fault_methods": ["GET"], "timeout_hold_s": 30.0, "script": [], "fix_ranges": True}
         self.stats = _zero_stats()
         self.inflight = 0
         self.upstream_inflight = 0
@@ -390,6 +452,7 @@ class _ProxyApp:
         _validate_config(changes)
         self.cfg.update(changes)
         self.cfg["script"] = list(self.cfg["script"])
+        self.cfg["fault_methods"] = [m.upper() for m in self.cfg["fault_methods"]]
         if "seed" in changes or not hasattr(self, "rng"):
             self.rng = random.Random(self.cfg["seed"])
         if "max_upstream" in changes or not hasattr(self, "gate"):
@@ -423,7 +486,7 @@ class _ProxyApp:
         return web.json_response({"error": f"no control endpoint {request.method} {request.path}"}, status=404)
 
     def _pick_fault(self, method: str) -> str | None:
-        if method not in ("GET", "HEAD") and not (self.cfg["fault_writes"] and method in _WRITE_METHODS):
+        if method not in self.cfg["fault_methods"]:
             return None
         if self.cfg["script"]:
             return self.cfg["script"].pop(0)
@@ -480,8 +543,18 @@ class _ProxyApp:
             finally:
                 self.upstream_inflight -= 1
         st["forwarded"] += 1
+        reason = up.reason
+        if self.cfg["fix_ranges"] and method == "GET" and status == 200 and "Range" in request.headers:
+            fixed = _apply_range(request.headers["Range"], payload)
+            if fixed is not None:  # the server ignored the Range (the GCS emulator does so for bytes=-N)
+                st["ranges_fixed"] += 1
+                status, payload, content_range = fixed
+                reason = None
+                up_headers = up_headers.copy()
+                up_headers.popall("Content-Range", None)
+                up_headers["Content-Range"] = content_range
         _bump(st["statuses"], str(status))
-        resp = web.StreamResponse(status=status, reason=up.reason)
+        resp = web.StreamResponse(status=status, reason=reason)
         for k, v in up_headers.items():
             if k.lower() in _HOP_BY_HOP:
                 continue
@@ -529,7 +602,8 @@ class _ProxyApp:
             # SO_LINGER 0: close() sends a TCP RST, so the client gets ECONNRESET rather than a clean EOF.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         request.transport.abort()
-        raise ConnectionResetError("injected reset")
+        # Nothing of this response goes out (the transport is gone); aiohttp drops it without logging.
+        return web.Response(status=500)
 
 
 async def _serve(upstream: str, port: int, config: dict) -> None:
@@ -538,7 +612,10 @@ async def _serve(upstream: str, port: int, config: dict) -> None:
     app.router.add_route("*", "/{tail:.*}", state.handle)
     app.on_startup.append(state.start)
     app.on_cleanup.append(state.close)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    # handler_cancellation: a held ("timeout") request ends when its client gives up; shutdown_timeout: stop()
+    # does not wait for held requests.
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, handler_cancellation=True,
+                           shutdown_timeout=0.5)
     await runner.setup()
     site = web.TCPSite(runner, HOST, port, backlog=1024, reuse_address=True)
     await site.start()

@@ -6,6 +6,10 @@ all of them retry 503, 429, reset, a held-then-closed request, and a truncated b
 """
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 
 import aiohttp
@@ -36,7 +40,8 @@ def proxies(s3_server, gcs_server):
 def store(request, proxies, monkeypatch):
     """(kind, proxy) with the client environment pointing at the proxy and a 64 KiB object `data` in the bucket."""
     proxy = proxies[request.param]
-    proxy.configure(latency_s=0.0, fault_rate=0.0, script=[], timeout_hold_s=0.5, fault_writes=False)
+    proxy.configure(latency_s=0.0, fault_rate=0.0, script=[], timeout_hold_s=0.5, fault_methods=["GET"],
+                    fix_ranges=True)
     for k, v in object_store.env_for(proxy).items():
         monkeypatch.setenv(k, v)
     kv = open_kvstore(proxy)
@@ -89,6 +94,7 @@ def test_range_reads_are_counted(store, client):
         values = [fs.cat_file(f"{BUCKET}/data", start=s, end=s + size) for s in starts]
     assert values == [DATA[s:s + size] for s in starts]
     st = proxy.stats()
+    assert proxy.cpu_seconds() > 0 and proxy.server.cpu_seconds() > 0
     assert st["requests"] == {"GET": n}, st
     assert st["range_gets"] == n, st
     assert st["bytes_out"]["GET"] == n * size, st
@@ -122,8 +128,10 @@ def test_latency_is_added_and_overlaps(store):
     many = time.perf_counter() - t
     print(f"{kind}: 1 read at 50 ms: {one * 1e3:.0f} ms wall; 16 concurrent: {many * 1e3:.0f} ms wall")
     assert one >= 0.05
-    assert 0.05 <= many < 0.05 * 16 / 3, "concurrent requests were serialised by the proxy"
-    assert proxy.stats()["max_inflight"] > 4
+    assert 0.05 <= many < 0.05 * 16 / 2, "concurrent requests were serialised by the proxy"
+    st = proxy.stats()
+    assert st["max_inflight"] > 4, st  # clients are accepted without limit ...
+    assert 1 <= st["max_upstream_inflight"] <= proxy.config()["max_upstream"], st  # ... the server sees the cap
 
 
 @pytest.mark.parametrize("client", ["tensorstore", "fsspec"])
@@ -194,9 +202,9 @@ def test_config_rejects_unknown_settings(proxies):
 
 def test_client_cpu_per_1000_range_reads(proxies, monkeypatch):
     """Client CPU seconds per 1,000 10 KiB range reads through the proxy at 0 ms added (proxy and server CPU are in
-    other processes): tensorstore s3/gcs with all futures issued at once, gcsfs cat_ranges. Printed, not asserted:
-    the issue's benchmark owns the figures."""
-    n, size = 1000, 10 * 1024
+    other processes): tensorstore s3/gcs with all futures issued at once, gcsfs cat_ranges. 500 reads each, scaled;
+    printed, not asserted: the issue's benchmark owns the figures."""
+    n, size = 500, 10 * 1024
     obj = bytes(range(256)) * (4 * 1024)  # 1 MiB
     starts = [(i * 7919 * 16) % (len(obj) - size) for i in range(n)]
     want = [obj[s:s + size] for s in starts]
@@ -209,20 +217,157 @@ def test_client_cpu_per_1000_range_reads(proxies, monkeypatch):
         kv = open_kvstore(proxy)
         kv.write("cpu", obj).result()
         proxy.reset()
-        c, t = time.process_time(), time.perf_counter()
+        c, t, sc, pc = time.process_time(), time.perf_counter(), proxy.server.cpu_seconds(), proxy.cpu_seconds()
         got = [f.result().value for f in [kv.read("cpu", byte_range=slice(s, s + size)) for s in starts]]
-        rows.append((f"tensorstore {kind}", time.process_time() - c, time.perf_counter() - t, proxy.stats()))
+        rows.append((f"tensorstore {kind}", time.process_time() - c, time.perf_counter() - t, proxy.stats(),
+                     proxy.server.cpu_seconds() - sc, proxy.cpu_seconds() - pc))
         assert got == want
         if kind == "gcs":
             fs = open_fs("gcs")
             fs.cat_file(f"{BUCKET}/cpu", start=0, end=10)
             proxy.reset()
-            c, t = time.process_time(), time.perf_counter()
+            c, t, sc, pc = time.process_time(), time.perf_counter(), proxy.server.cpu_seconds(), proxy.cpu_seconds()
             got = fs.cat_ranges([f"{BUCKET}/cpu"] * n, starts, [s + size for s in starts])
-            rows.append(("gcsfs cat_ranges", time.process_time() - c, time.perf_counter() - t, proxy.stats()))
+            rows.append(("gcsfs cat_ranges", time.process_time() - c, time.perf_counter() - t, proxy.stats(),
+                         proxy.server.cpu_seconds() - sc, proxy.cpu_seconds() - pc))
             assert got == want
-    print(f"\nclient CPU per {n} x {size // 1024} KiB range reads through the proxy (0 ms added):")
-    for name, cpu, wall, st in rows:
-        print(f"  {name:<18} {cpu * 1000 / n:6.3f} CPU-s  {wall * 1000 / n:6.2f} wall-s  "
-              f"GETs={st['requests'].get('GET')}  bytes={st['bytes_out'].get('GET')}")
+    print(f"\nclient CPU and wall seconds per 1,000 {size // 1024} KiB range reads through the proxy (0 ms added; "
+          f"{n} measured):")
+    for name, cpu, wall, st, server_cpu, proxy_cpu in rows:
+        print(f"  {name:<18} client {cpu * 1000 / n:6.3f} CPU-s  {wall * 1000 / n:6.2f} wall-s  (server "
+              f"{server_cpu * 1000 / n:.2f}, proxy {proxy_cpu * 1000 / n:.2f} CPU-s)  GETs={st['requests'].get('GET')}")
         assert st["requests"] == {"GET": n} and st["bytes_out"]["GET"] == n * size, (name, st)
+
+
+def test_multipart_and_resumable_uploads_pass_through(store):
+    """An 11 MiB fsspec write in 5 MiB blocks: S3 multipart (POST create, 3 PUT parts, POST complete); GCS
+    resumable upload (gcsfs: POST to start, then one POST per chunk to the Location the server returned, so all
+    of them must reach the proxy: it rewrites an upstream Location to itself)."""
+    kind, proxy = store
+    big = bytes(range(251)) * (11 * 1024 * 1024 // 251)
+    fs = open_fs(kind)
+    with fs.open(f"{BUCKET}/big", "wb", block_size=5 * 1024 * 1024) as f:
+        for i in range(0, len(big), 1 << 20):
+            f.write(big[i:i + (1 << 20)])
+    st = proxy.stats()
+    if kind == "s3":
+        assert st["requests"] == {"POST": 2, "PUT": 3}, st
+        assert st["bytes_in"]["PUT"] == len(big), st
+    else:
+        assert st["requests"] == {"POST": 4}, st
+        assert st["bytes_in"]["POST"] >= len(big), st
+    assert st["upstream_errors"] == 0, st
+    assert fs.info(f"{BUCKET}/big")["size"] == len(big)
+    assert fs.cat_file(f"{BUCKET}/big", start=7_000_000, end=7_000_100) == big[7_000_000:7_000_100]
+    assert open_kvstore(proxy).read("big").result().value == big
+
+
+def test_write_faults_when_asked(store):
+    """fault_methods takes writes too: a 503 on the upload is retried by tensorstore and the object is whole."""
+    kind, proxy = store
+    method = "PUT" if kind == "s3" else "POST"
+    assert set(proxy.configure(fault_writes=True)["fault_methods"]) == {"GET", "PUT", "POST", "DELETE"}
+    proxy.configure(fault_methods=[method], script=["503"])
+    kv = open_kvstore(proxy)
+    kv.write("faulted-write", DATA[:3000]).result()
+    st = proxy.stats()
+    assert st["faults"] == {"503": 1} and st["requests"][method] == 2, st
+    assert kv.read("faulted-write").result().value == DATA[:3000]
+
+
+def test_tensorstore_retries_metric(store):
+    """tensorstore counts its own retries in /tensorstore/kvstore/{s3,gcs}/retries; a reset on a warm keep-alive
+    connection is retried inside libcurl and is NOT counted there (the proxy's fault count is the truth)."""
+    kind, proxy = store
+    name = f"/tensorstore/kvstore/{kind}/retries"
+
+    def retries() -> int:
+        found = ts.experimental_collect_matching_metrics(name)
+        return found[0]["values"][0]["value"] if found else 0
+
+    kv = open_kvstore(proxy)
+    # A second reset is hidden too when libcurl retries on another pooled connection, so only one is asserted.
+    for script, counted in ((["503"], 1), (["429"], 1), (["truncate"], 1), (["reset"], 0)):
+        assert kv.read("data", byte_range=slice(0, 100)).result().value == DATA[:100]  # warm connection
+        proxy.reset()
+        proxy.configure(script=script)
+        before = retries()
+        assert kv.read("data", byte_range=slice(0, 100)).result().value == DATA[:100]
+        assert proxy.stats()["requests"]["GET"] == len(script) + 1
+        assert retries() - before == counted, script
+
+
+TIMEOUT_SCRIPT = """
+import json, sys, tensorstore as ts
+spec, kind = json.loads(sys.argv[1]), sys.argv[2]
+for retries in (0, 4):
+    ctx = ts.Context({kind + "_request_retries": {"max_retries": retries, "initial_delay": "5ms"}})
+    try:
+        print(len(ts.KvStore.open(spec, context=ctx).result().read("data", byte_range=slice(0, 5000)).result().value))
+    except ValueError as e:
+        print("ERROR", e)
+"""
+
+
+def test_tensorstore_read_timeout_needs_low_speed_env(store):
+    """tensorstore sets no request timeout; TENSORSTORE_CURL_LOW_SPEED_TIME_SECONDS (+ _LIMIT_BYTES) makes a held
+    request fail after that long (curl code 28): an error with max_retries=0, retried otherwise. Run in a child
+    process: tensorstore reads the variables once."""
+    kind, proxy = store
+    if kind == "gcs":
+        pytest.skip("the s3 and gcs drivers share one curl transport; checked on s3 (saves a child process)")
+    proxy.configure(timeout_hold_s=10.0, script=["timeout", "timeout"])
+    env = dict(os.environ, TENSORSTORE_CURL_LOW_SPEED_TIME_SECONDS="1", TENSORSTORE_CURL_LOW_SPEED_LIMIT_BYTES="1")
+    t = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", TIMEOUT_SCRIPT, json.dumps(proxy.kvstore_spec(BUCKET)), kind],
+                         env=env, capture_output=True, text=True, timeout=60)
+    lines = out.stdout.splitlines()
+    assert len(lines) == 2 and "Timeout was reached" in lines[0] and lines[1] == "5000", out.stdout + out.stderr
+    assert time.perf_counter() - t < 8, "the client waited for the proxy to close instead of timing out"
+    st = proxy.stats()
+    assert st["faults"] == {"timeout": 2} and st["requests"]["GET"] == 3, st
+
+
+def test_fsspec_read_timeouts(store):
+    """s3fs (config_kwargs read_timeout) retries a read that times out; gcsfs (requests_timeout) raises
+    FSTimeoutError without retrying, so a loader on gcsfs must retry timeouts itself."""
+    kind, proxy = store
+    proxy.configure(timeout_hold_s=10.0, script=["timeout"])
+    t = time.perf_counter()
+    if kind == "s3":
+        fs = open_fs("s3", config_kwargs={"read_timeout": 0.5, "connect_timeout": 1})
+        assert fs.cat_file(f"{BUCKET}/data", start=0, end=5000) == DATA[:5000]
+        assert proxy.stats()["requests"]["GET"] == 2
+    else:
+        fs = open_fs("gcs", requests_timeout=0.5)
+        with pytest.raises(fsspec.exceptions.FSTimeoutError):
+            fs.cat_file(f"{BUCKET}/data", start=0, end=5000)
+        assert proxy.stats()["requests"]["GET"] == 1
+    assert time.perf_counter() - t < 8
+
+
+@pytest.mark.parametrize("byte_range", [slice(-100, None), slice(60000, None), slice(None, 50)])
+def test_suffix_and_open_ranges(store, byte_range):
+    """Suffix and open-ended range reads by tensorstore are exact on both stores, one GET each. The GCS emulator
+    ignores `bytes=-N` (it sends the whole object); the proxy answers it as GCS does (ranges_fixed). A range past
+    the end is an OUT_OF_RANGE error in tensorstore, not a short value."""
+    kind, proxy = store
+    kv = open_kvstore(proxy)
+    proxy.reset()
+    assert kv.read("data", byte_range=byte_range).result().value == DATA[byte_range]
+    st = proxy.stats()
+    assert st["requests"] == {"GET": 1} and st["bytes_out"]["GET"] == len(DATA[byte_range]), st
+    assert st["ranges_fixed"] == (1 if kind == "gcs" and byte_range.start == -100 else 0), st
+    with pytest.raises(ValueError, match="OUT_OF_RANGE"):
+        kv.read("data", byte_range=slice(len(DATA) - 10, len(DATA) + 10)).result()
+
+
+def test_unfixed_suffix_range_is_detected_by_tensorstore(store):
+    """Without the fix, tensorstore notices that the GCS emulator ignored the suffix range: an error, not data."""
+    kind, proxy = store
+    if kind != "gcs":
+        pytest.skip("moto honours suffix ranges")
+    proxy.configure(fix_ranges=False)
+    with pytest.raises(ValueError, match="ignored by server"):
+        open_kvstore(proxy).read("data", byte_range=slice(-100, None)).result()
+    proxy.configure(fix_ranges=True)
