@@ -526,17 +526,21 @@ def open_kvstore(root: str) -> Any:
     scheme, bucket, key = split_bucket(root)
     prefix = f"{key}/" if key else ""
     endpoint = _endpoint(scheme)
-    # tensorstore does its own retries with backoff; ours count them, so its own are kept to one.
+    # tensorstore would retry 5xx, 429, truncated bodies and timeouts itself, unseen; with its retries off they
+    # reach RangeReader, which retries and counts them (a reset on a reused connection is still retried once
+    # inside libcurl). A request that stalls (no byte for 20 s) fails and is retried rather than hanging.
+    os.environ.setdefault("TENSORSTORE_CURL_LOW_SPEED_TIME_SECONDS", "20")
+    os.environ.setdefault("TENSORSTORE_CURL_LOW_SPEED_LIMIT_BYTES", "1")
     if scheme == "gs":
         if endpoint:  # tensorstore reads its own variable, not STORAGE_EMULATOR_HOST
             os.environ.setdefault("TENSORSTORE_GCS_HTTP_URL", endpoint)
             os.environ.setdefault("GOOGLE_AUTH_TOKEN_FOR_TESTING", "emulator")
         spec = {"driver": "gcs", "bucket": bucket, "path": prefix,
-                "context": {"gcs_request_retries": {"max_retries": 1}}}
+                "context": {"gcs_request_retries": {"max_retries": 0}}}
     else:
         spec = {"driver": "s3", "bucket": bucket, "path": prefix,
                 "aws_region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
-                "context": {"s3_request_retries": {"max_retries": 1}}}
+                "context": {"s3_request_retries": {"max_retries": 0}}}
         if endpoint:
             spec["endpoint"] = endpoint
         if os.environ.get("AWS_ACCESS_KEY_ID"):

@@ -200,9 +200,6 @@ class _ReadCrops:
         print(f"loader (pid {os.getpid()}): {st['requests']} requests, {st['retries']} retried, "
               f"{st['bytes'] / 1e6:.1f} MB read from {self.data_dir}", file=sys.stderr, flush=True)
 
-    def _positions(self, position: int):
-        s, k = self.crop_size, self.k
-        return lambda h, w: crop_positions(h, w, k, s, np.random.default_rng((self.seed, position)))
 
     def __call__(self, element: Any) -> dict[str, np.ndarray]:
         if self._build is None:
@@ -211,17 +208,20 @@ class _ReadCrops:
             positions, indices = (np.asarray(a).tolist() for a in element)
         else:
             positions, indices = [int(element[0])], [int(element[1])]
-        s = self.crop_size
+        s, rows = self.crop_size, self._build.index
         try:
-            got = self._build.fetch(indices, [self._positions(p) for p in positions], s, decode=self.decode)
+            offsets = np.stack([crop_positions(int(rows[i]["height"]), int(rows[i]["width"]), self.k, s,
+                                               np.random.default_rng((self.seed, p)))
+                                for p, i in zip(positions, indices)])
+        except ValueError as e:  # build-data skips small photos, so this is a build for another crop size
+            raise ValueError(f"{self.data_dir}: {e}; rebuild with `exif-jax build-data --min-size {s}`") from e
+        try:
+            got = self._build.fetch(indices, list(offsets), s, decode=self.decode)
         except ValueError as e:
             raise ValueError(f"{self.data_dir}: {e}") from e
         self._log()
-        rngs = [np.random.default_rng((self.seed, p)) for p in positions]
         tokens = np.stack([np.asarray(self.tokenizer.encode(rec["text"]), np.int32) for rec, _ in got])
         text_ids = np.array([text_id(rec["text"]) for rec, _ in got], np.int32)
-        offsets = np.stack([crop_positions(rec["height"], rec["width"], self.k, s, rng) for (rec, _), rng
-                            in zip(got, rngs)])
         if self.batched:  # k == 1: a batch of single crops
             return {"image": np.stack([c[0] for _, c in got]), "tokens": tokens,
                     "image_id": np.asarray(indices, np.int32), "text_id": text_ids, "offset": offsets[:, 0]}
@@ -314,7 +314,8 @@ def make_loader(
         images_per_batch = -(-local_batch // k)
     read = grain.ReadOptions(
         num_threads=int(d.read_threads),
-        prefetch_buffer_size=max(int(d.prefetch_buffer) * images_per_batch, 1))
+        # At least one element per read thread, or the threads idle (each holds one photo or batch in flight).
+        prefetch_buffer_size=max(int(d.prefetch_buffer) * images_per_batch, int(d.read_threads), 1))
     it = ds.to_iter_dataset(read)
     if d.worker_count > 0:
         _ensure_absl_flags_parsed()

@@ -68,14 +68,14 @@ class Build:
         self.shards = [storage.basename(p) for p in shard_paths(data_dir)]
         self.pixel_files = [layout.sibling(n, layout.PIXELS_SUFFIX) for n in self.shards]
         self.index = load_index(data_dir)
+        self._pixel_paths = [storage.join(data_dir, f) for f in self.pixel_files]  # for error messages
         self.ranges = storage.RangeReader(data_dir, max_open=max_open)
 
     def __len__(self) -> int:
         return len(self.index)
 
     def _what(self, i: int) -> str:
-        row = self.index[i]
-        return f"{storage.join(self.data_dir, self.pixel_files[int(row['shard'])])} (record {i})"
+        return f"{self._pixel_paths[int(self.index[i]['shard'])]} (record {i})"
 
     def fetch(self, indices: Sequence[int], positions: Sequence[PositionsFn | np.ndarray], size: int, *,
               decode: str = "auto") -> list[tuple[Record, np.ndarray]]:
