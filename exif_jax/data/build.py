@@ -23,14 +23,16 @@ import os
 import re
 import sys
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
 from tqdm import tqdm
 
 from exif_jax import exif
+from exif_jax.data import inputs
 from exif_jax.data.crops import FastIndex
 from exif_jax.data.photo_check import Settings, make_record
 from exif_jax.data.pixel_store import PixelReader, PixelWriter, pixels_path
@@ -45,11 +47,13 @@ MAX_LISTED = 1000  # file names listed per skip reason in summary.json (counts a
 
 @dataclass
 class Item:
-    """One input file: `src` is read, `name` goes into the record's `path`; `tags` when EXIF comes from a TSV."""
+    """One input file: `src` is read, `name` goes into the record's `path`; `tags` when EXIF comes from a TSV;
+    `part`: which bytes of `src` (None: all; a tar member or a parquet cell, see data.inputs)."""
     src: str
     name: str
     sha256: str = ""
     tags: dict[str, str] | None = field(default=None)
+    part: inputs.Part | None = None  # not in the shard digest: the same photo makes the same record anywhere
 
 
 def shard_name(i: int, n: int) -> str:
@@ -61,8 +65,7 @@ def shard_name(i: int, n: int) -> str:
 
 # Files with these extensions are tried (and skipped with a reason if they are not camera JPEGs); the
 # rest of a folder (sidecar .txt/.json/.xmp files, ...) is only counted, as "other_extension".
-IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".mpo", ".png", ".tif", ".tiff", ".webp", ".bmp",
-                        ".gif", ".heic", ".heif"})
+IMAGE_EXTS = inputs.IMAGE_EXTS
 
 
 def list_folder(folder: str) -> tuple[list[str], list[str]]:
@@ -122,7 +125,7 @@ def items_from_yfcc(tsv: str, image_dir: str) -> tuple[list[Item], dict[str, lis
 def _hash(item: Item) -> tuple[Item, str]:
     try:
         h = hashlib.sha256()
-        with open(item.src, "rb") as f:
+        with inputs.open_item(item) as f:  # the one reader of an item's bytes (files, tar members, parquet cells)
             while chunk := f.read(1 << 20):
                 h.update(chunk)
     except FileNotFoundError:
@@ -133,14 +136,29 @@ def _hash(item: Item) -> tuple[Item, str]:
     return item, ""
 
 
-def plan_inputs(items: Sequence[Item], *, workers: int = 4, progress: bool = True
+class Engine(Protocol):
+    """Where the two parallel passes run instead of local threads and processes (build_ray.RayEngine)."""
+
+    def hash_items(self, items: Sequence[Item]) -> Iterable[tuple[Item, str]]:
+        """_hash of every item (in any order): the item with its sha256 set, and its skip reason or ""."""
+
+    def build_shards(self, todo: Sequence[tuple[str, list[Item], str]], settings: Settings
+                     ) -> Iterable[tuple[str, dict]]:
+        """build_shard(path, chunk, settings, digest) of every planned shard, as each finishes: (path, sidecar)."""
+
+
+def plan_inputs(items: Sequence[Item], *, workers: int = 4, progress: bool = True, engine: Engine | None = None
                 ) -> tuple[list[Item], dict[str, list[str]]]:
     """Hash every input; returns the unique readable items sorted by sha256 and the skips by reason."""
     skipped: dict[str, list[str]] = {}
     by_hash: dict[str, Item] = {}
-    with cf.ThreadPoolExecutor(max(1, workers)) as ex:  # hashlib and file reads release the GIL
-        results = list(tqdm(ex.map(_hash, items), total=len(items), desc="hash", disable=not progress,
+    if engine is not None:
+        results = list(tqdm(engine.hash_items(items), total=len(items), desc="hash", disable=not progress,
                             unit="file"))
+    else:
+        with cf.ThreadPoolExecutor(max(1, workers)) as ex:  # hashlib and file reads release the GIL
+            results = list(tqdm(ex.map(_hash, items), total=len(items), desc="hash", disable=not progress,
+                                unit="file"))
     # The first of equal files by name is kept, so the choice does not depend on listing order.
     for item, reason in sorted(results, key=lambda r: r[0].name):
         if reason:
@@ -188,8 +206,7 @@ def build_shard(shard_path: str, items: Sequence[Item], settings: Settings, dige
     try:
         for it in items:
             try:
-                with open(it.src, "rb") as f:
-                    data = f.read()
+                data = inputs.read_item(it)
             except OSError:
                 skipped.setdefault("unreadable", []).append(it.name)
                 continue
@@ -264,13 +281,14 @@ def _check_no_foreign_shards(out_dir: str, num_shards: int) -> None:
 
 def build_dataset(items: Sequence[Item], out_dir: str, settings: Settings, *, num_shards: int | None = None,
                   records_per_shard: int = 64, workers: int | None = None, progress: bool = True,
-                  pre_skipped: dict[str, list[str]] | None = None) -> dict:
-    """Build (or finish building) the shards for `items` in `out_dir`; returns the summary it writes."""
+                  pre_skipped: dict[str, list[str]] | None = None, engine: Engine | None = None) -> dict:
+    """Build (or finish building) the shards for `items` in `out_dir`; returns the summary it writes.
+    `engine` (e.g. build_ray.RayEngine) runs both passes' work; the plan, resume and summary are the same."""
     workers = workers or os.cpu_count() or 1
     if (num_shards is not None and num_shards < 1) or records_per_shard < 1:
         raise ValueError(f"need --shards >= 1 and --records-per-shard >= 1, got {num_shards}, {records_per_shard}")
     os.makedirs(out_dir, exist_ok=True)
-    unique, skipped = plan_inputs(items, workers=workers, progress=progress)
+    unique, skipped = plan_inputs(items, workers=workers, progress=progress, engine=engine)
     for reason, names in (pre_skipped or {}).items():
         skipped.setdefault(reason, []).extend(names)
     if num_shards is None:
@@ -290,7 +308,12 @@ def build_dataset(items: Sequence[Item], out_dir: str, settings: Settings, *, nu
         else:
             sides[path] = meta
     bar = tqdm(total=sum(len(c) for _, c, _ in todo), desc="build", unit="img", disable=not progress)
-    if workers <= 1 or len(todo) <= 1:
+    if engine is not None:
+        sizes = {path: len(chunk) for path, chunk, _ in todo}
+        for path, side in engine.build_shards(todo, settings):
+            sides[path] = side
+            bar.update(sizes[path])
+    elif workers <= 1 or len(todo) <= 1:
         for path, chunk, digest in todo:
             sides[path] = build_shard(path, chunk, settings, digest)
             bar.update(len(chunk))
@@ -416,6 +439,21 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--list", dest="list_file", metavar="FILE", help="file with one photo path per line")
     src.add_argument("--yfcc-exif", metavar="TSV",
                      help="YFCC100M EXIF TSV (photo id + EXIF per line); needs --yfcc-images")
+    # --- issue 24: img2dataset output and the Ray engine (data/inputs.py, data/build_ray.py)
+    # Explicit flags, not detection inside --images: an img2dataset webdataset folder holds .tar shards *and*
+    # per-shard .parquet files of metadata only, so the kind has to be said.
+    src.add_argument("--webdataset", nargs="+", metavar="TAR",
+                     help="webdataset .tar shards (files or folders of them; img2dataset --output_format webdataset)")
+    src.add_argument("--parquet", nargs="+", metavar="PARQUET",
+                     help="parquet files with an image-bytes column (files or folders; img2dataset "
+                          "--output_format parquet)")
+    parser.add_argument("--image-column", metavar="NAME", help="--parquet column of image bytes (default: jpg)")
+    parser.add_argument("--engine", choices=("local", "ray"), default="local",
+                        help="local: threads + a process pool on this machine; ray: Ray tasks (a local Ray, or "
+                             "the cluster at --ray-address); same records either way")
+    parser.add_argument("--ray-address", metavar="ADDR",
+                        help="Ray cluster to join (e.g. auto, ray://head:10001); default: start a local one")
+    # --- end issue 24
     parser.add_argument("--yfcc-images", metavar="DIR", help="folder holding <photo_id>.jpg for each --yfcc-exif line")
     cli_args.add_out(parser, "records-*.array_record shards, their pixel files and sidecars, summary.json; re-run "
                              "the same command to resume an interrupted build")
@@ -423,7 +461,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     n.add_argument("--shards", type=int, metavar="N", help="number of shards (default: from --records-per-shard)")
     n.add_argument("--records-per-shard", type=int, default=64, metavar="N",
                    help="photos per shard when --shards is not given")
-    parser.add_argument("--workers", type=int, default=0, metavar="N", help="processes (0: all cores)")
+    parser.add_argument("--workers", type=int, default=0, metavar="N",
+                        help="processes (0: all cores); with --engine ray: the CPUs of the local Ray it starts")
     parser.add_argument("--config", metavar="FILE", help="config file: EXIF tag set, max_value_len, style")
     parser.add_argument("--min-size", type=int, default=128, metavar="PX",
                         help="skip photos whose shorter side is smaller")
@@ -446,7 +485,28 @@ def cli_main(args: argparse.Namespace) -> int:
         print("exif-jax build-data: --keep-original has nothing to add with --no-fast-path (which stores only the "
               "original files): drop one of them", file=sys.stderr)
         return 2
-    if args.yfcc_exif:
+    # --- issue 24
+    if args.ray_address and args.engine != "ray":
+        print("exif-jax build-data: --ray-address needs --engine ray", file=sys.stderr)
+        return 2
+    if args.ray_address and args.workers:
+        print("exif-jax build-data: --workers sizes a local Ray; a cluster at --ray-address has its own CPUs",
+              file=sys.stderr)
+        return 2
+    if args.image_column and not args.parquet:
+        print("exif-jax build-data: --image-column names a column of --parquet files; give --parquet too",
+              file=sys.stderr)
+        return 2
+    engine = None
+    if args.engine == "ray":
+        from exif_jax.data import build_ray  # here, not at the top: build_ray imports this module
+        engine = build_ray.RayEngine(address=args.ray_address, num_cpus=args.workers or None)
+    if args.webdataset or args.parquet:
+        sources, pre = (inputs.list_webdataset(args.webdataset) if args.webdataset
+                        else inputs.list_parquet(args.parquet, args.image_column or "jpg"))
+        items = [Item(src=s.src, name=s.name, part=s.part) for s in sources]
+    # --- end issue 24
+    elif args.yfcc_exif:
         if not args.yfcc_images:
             print("exif-jax build-data: --yfcc-exif needs --yfcc-images DIR", file=sys.stderr)
             return 2
@@ -458,10 +518,13 @@ def cli_main(args: argparse.Namespace) -> int:
     settings = dataclasses.replace(settings_from_config(args.config, min_size=args.min_size),
                                    keep_original=args.keep_original, fast_path=not args.no_fast_path)
     s = build_dataset(items, args.out, settings, num_shards=args.shards, records_per_shard=args.records_per_shard,
-                      workers=args.workers or None, progress=not args.no_progress, pre_skipped=pre)
-    skipped = ", ".join(f"{r}={v['count']}" for r, v in s["skipped"].items()) or "none"
+                      workers=args.workers or None, progress=not args.no_progress, pre_skipped=pre, engine=engine)
     whole = ", ".join(f"{r}={v['count']}" for r, v in s["fast_path"]["decoded_whole"].items()) or "none"
-    print(f"{args.out}: kept {s['kept']} of {s['inputs']} in {len(s['shards'])} shards; skipped: {skipped}")
+    print(f"{args.out}: kept {s['kept']} of {s['inputs']} in {len(s['shards'])} shards; "
+          f"skipped {s['skipped_total']}{':' if s['skipped'] else ''}")
+    width = max((len(r) for r in s["skipped"]), default=0)  # issue 24: the skips as a table, one reason a line
+    for reason, v in s["skipped"].items():
+        print(f"  {reason:<{width}}  {v['count']:>8}")
     print(f"{args.out}: region decode for {s['fast_path']['records']} of {s['kept']}, decoded whole: {whole}; "
           f"stored {s['stored_bytes'] / 1e6:.1f} MB for {s['original_bytes'] / 1e6:.1f} MB of originals "
           f"({100 * s['stored_vs_original']:+.1f}%)")
