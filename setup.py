@@ -41,6 +41,9 @@ setup(
     extras_require={
         "torch": ["torch==2.13.0", "transformers==5.24.0", "safetensors==0.8.0"],
         "dev": ["pytest==9.2.0", "scikit-learn==1.9.1", "ruff==0.17.6"],
+        # build-data --engine ray (Ray tasks only, so core ray, not ray[data]), --parquet inputs (pyarrow);
+        # psutil: tests/test_build_ray.py finds and kills a Ray worker, benchmarks/build_data.py reads RSS.
+        "ray": ["ray==2.60.0", "pyarrow==26.0.1", "psutil==7.2.2"],
     },
     entry_points={"console_scripts": ["exif-jax=exif_jax.cli:main"]},
 )
