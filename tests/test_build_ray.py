@@ -155,7 +155,7 @@ def test_worker_killed_mid_shard_is_retried(cluster, sources, reference, tmp_pat
 
     def kill_one():  # Ray titles a worker process "ray::<function>" while it runs that task
         while not stop.is_set() and not killed:
-            for p in _descendants_titled("ray::_build_shard"):
+            for p in _descendants_titled("ray::build_shard"):
                 p.send_signal(signal.SIGKILL)
                 killed.append(p.pid)
                 break
@@ -195,7 +195,7 @@ def test_driver_killed_then_rerun_builds_only_the_missing_shards(cluster, tmp_pa
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     # Ray ends a dead driver's tasks; wait for them, so nothing of the first run writes during the second.
-    _wait_until(lambda: not _descendants_titled("ray::_build_shard"), 60, "the dead driver's tasks to end")
+    _wait_until(lambda: not _descendants_titled("ray::build_shard"), 60, "the dead driver's tasks to end")
     done = {p.name for p in out.glob("records-*.json")}
     assert 0 < len(done) < 18 and not (out / "summary.json").exists()
     for shard in out.glob("records-*.array_record"):  # a visible shard is a whole one (renamed when complete)
