@@ -257,3 +257,41 @@ def test_readers(sources, tmp_path):
     assert inputs.list_parquet([str(bad_pq)])[1]["unreadable_parquet"][0].startswith(f"{bad_pq}: ")
     with pytest.raises(NotImplementedError, match="gs://bucket/x.tar: object-storage inputs"):
         inputs.list_webdataset(["gs://bucket/x.tar"])
+
+
+def test_yfcc_text_with_img2dataset_photos(cluster, tmp_path):
+    """--yfcc-exif + --webdataset/--parquet: EXIF text from the TSV line, bytes from the sample whose photo_id
+    (img2dataset --save_additional_columns '["photo_id"]') is the line's; the record's path is the photo id."""
+    photos = sorted(PHOTOS.glob("*.jpg"))[:3]
+    lines, tar, rows = [], tmp_path / "00000.tar", []
+    with tarfile.open(tar, "w") as tf:
+        for i, p in enumerate(photos):
+            pid = str(5000 + i)
+            tags = exif.read_tags(str(p))
+            tags["Model"] = f"From TSV {i}"  # the text comes from the TSV, not the file
+            lines.append(exif.to_yfcc_line(pid, {"Exif IFD0": tags}))
+            _tar_add(tf, f"{i:09d}.jpg", p.read_bytes())
+            _tar_add(tf, f"{i:09d}.json", json.dumps({"photo_id": int(pid)}).encode())
+            rows.append({"key": f"{i:09d}", "jpg": p.read_bytes(), "photo_id": pid})
+        _tar_add(tf, "000000009.jpg", photos[0].read_bytes())  # a sample without a .json: no photo id
+    lines.append(exif.to_yfcc_line("6000", {"Exif IFD0": {"Make": "X", "Model": "Y"}}))  # never fetched
+    tsv = tmp_path / "exif.tsv"
+    tsv.write_text("\n".join(lines) + "\n")
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "00000.parquet")
+    for flag, path in (("--webdataset", tar), ("--parquet", tmp_path / "00000.parquet")):
+        out = tmp_path / flag.strip("-")
+        assert cli(["build-data", "--yfcc-exif", str(tsv), flag, str(path), "--out", str(out), "--engine", "ray",
+                    "--no-progress"]) == 0
+        recs = {r["path"]: r for r in build.read_records(str(out))}
+        assert sorted(recs) == ["5000", "5001", "5002"]
+        for i, p in enumerate(photos):
+            r = recs[str(5000 + i)]
+            assert f"Model: From TSV {i}" in r["text"] and r["sha256"] == sha(p.read_bytes())
+        s = json.loads((out / "summary.json").read_text())
+        no_id = {"no_sample_id": {"count": 1, "files": [f"{tar}/000000009.jpg"]}} if flag == "--webdataset" else {}
+        assert s["skipped"] == {"missing": {"count": 1, "files": ["6000"]}, **no_id}
+    assert cli(["build-data", "--yfcc-exif", str(tsv), "--webdataset", str(tar), "--yfcc-images", str(tmp_path),
+                "--out", str(tmp_path / "x")]) == 2
+    assert cli(["build-data", "--images", str(PHOTOS), "--webdataset", str(tar), "--out", str(tmp_path / "x")]) == 2
+    with pytest.raises(inputs.MissingColumn, match="no column 'photoid' of sample ids"):
+        inputs.list_parquet([str(tmp_path / "00000.parquet")], id_field="photoid")

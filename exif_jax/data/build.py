@@ -106,9 +106,16 @@ def items_from_list(list_file: str) -> list[Item]:
     return [Item(src=str(base / p) if not os.path.isabs(p) else p, name=p) for p in lines]
 
 
-def items_from_yfcc(tsv: str, image_dir: str) -> tuple[list[Item], dict[str, list[str]]]:
-    """Inputs from a YFCC100M EXIF TSV: tags from each line, bytes from IMAGE_DIR/<photo_id>.jpg."""
+def items_from_yfcc(tsv: str, image_dir: str | None = None, photos: Sequence[inputs.Source] | None = None
+                    ) -> tuple[list[Item], dict[str, list[str]]]:
+    """Inputs from a YFCC100M EXIF TSV: tags from each line, bytes from IMAGE_DIR/<photo_id>.jpg, or from the
+    listed `photos` whose sample_id is the photo id (img2dataset output; the first of a repeated id is used,
+    and a line whose photo was not fetched is skipped as "missing")."""
     items, skipped = [], {}
+    by_id: dict[str, inputs.Source] = {}
+    for p in photos or ():  # issue 24: photos from webdataset/parquet, joined on their photo id
+        if p.sample_id is not None:
+            by_id.setdefault(p.sample_id, p)
     with open(tsv, encoding="utf-8", errors="replace") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -118,7 +125,12 @@ def items_from_yfcc(tsv: str, image_dir: str) -> tuple[list[Item], dict[str, lis
             except Exception as e:  # noqa: BLE001 - any malformed line is skipped, named by its number
                 skipped.setdefault("bad_tsv_line", []).append(f"{tsv}:{lineno}: {e}")
                 continue
-            items.append(Item(src=os.path.join(image_dir, f"{photo_id}.jpg"), name=str(photo_id), tags=tags))
+            if photos is None:
+                items.append(Item(src=os.path.join(image_dir, f"{photo_id}.jpg"), name=str(photo_id), tags=tags))
+            elif (p := by_id.get(str(photo_id))) is not None:
+                items.append(Item(src=p.src, name=str(photo_id), tags=tags, part=p.part))
+            else:
+                skipped.setdefault("missing", []).append(str(photo_id))
     return items, skipped
 
 
@@ -447,19 +459,23 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     """Flags of `exif-jax build-data`."""
     from exif_jax import cli_args
 
-    src = parser.add_mutually_exclusive_group(required=True)
+    src = parser.add_mutually_exclusive_group()  # one of these or of `box` (issue 24: checked in cli_main)
     src.add_argument("--images", metavar="DIR", help="folder of photos (recursive; other files are counted, not read)")
     src.add_argument("--list", dest="list_file", metavar="FILE", help="file with one photo path per line")
     src.add_argument("--yfcc-exif", metavar="TSV",
-                     help="YFCC100M EXIF TSV (photo id + EXIF per line); needs --yfcc-images")
+                     help="YFCC100M EXIF TSV (photo id + EXIF per line); the photos from --yfcc-images, "
+                          "--webdataset or --parquet")
     # --- issue 24: img2dataset output and the Ray engine (data/inputs.py, data/build_ray.py)
     # Explicit flags, not detection inside --images: an img2dataset webdataset folder holds .tar shards *and*
     # per-shard .parquet files of metadata only, so the kind has to be said.
-    src.add_argument("--webdataset", nargs="+", metavar="TAR",
-                     help="webdataset .tar shards (files or folders of them; img2dataset --output_format webdataset)")
-    src.add_argument("--parquet", nargs="+", metavar="PARQUET",
+    # Either is the photos of a --yfcc-exif TSV too, so they are a group of their own.
+    box = parser.add_mutually_exclusive_group()
+    box.add_argument("--webdataset", nargs="+", metavar="TAR",
+                     help="webdataset .tar shards (files or folders of them; img2dataset --output_format webdataset); "
+                          "with --yfcc-exif: the photos, by the photo_id field of each sample's .json")
+    box.add_argument("--parquet", nargs="+", metavar="PARQUET",
                      help="parquet files with an image-bytes column (files or folders; img2dataset "
-                          "--output_format parquet)")
+                          "--output_format parquet); with --yfcc-exif: the photos, by their photo_id column")
     parser.add_argument("--image-column", metavar="NAME", help="--parquet column of image bytes (default: jpg)")
     parser.add_argument("--engine", choices=("local", "ray"), default="local",
                         help="local: threads + a process pool on this machine; ray: Ray tasks (a local Ray, or "
@@ -499,6 +515,19 @@ def cli_main(args: argparse.Namespace) -> int:
               "original files): drop one of them", file=sys.stderr)
         return 2
     # --- issue 24
+    box = args.webdataset or args.parquet
+    if box and (args.images or args.list_file):
+        print("exif-jax build-data: give one photo source: --images, --list, --webdataset or --parquet",
+              file=sys.stderr)
+        return 2
+    if not (box or args.images or args.list_file or args.yfcc_exif):
+        print("exif-jax build-data: give the photos: --images, --list, --yfcc-exif, --webdataset or --parquet",
+              file=sys.stderr)
+        return 2
+    if args.yfcc_exif and args.yfcc_images and box:
+        print("exif-jax build-data: the photos of --yfcc-exif come from --yfcc-images or from --webdataset/--parquet,"
+              " not both", file=sys.stderr)
+        return 2
     if args.ray_address and args.engine != "ray":
         print("exif-jax build-data: --ray-address needs --engine ray", file=sys.stderr)
         return 2
@@ -513,14 +542,21 @@ def cli_main(args: argparse.Namespace) -> int:
     engine = None
     if args.engine == "ray":
         engine = build_ray.RayEngine(address=args.ray_address, num_cpus=args.workers or None)
-    if args.webdataset or args.parquet:
-        sources, pre = (inputs.list_webdataset(args.webdataset) if args.webdataset
-                        else inputs.list_parquet(args.parquet, args.image_column or "jpg"))
-        items = [Item(src=s.src, name=s.name, part=s.part) for s in sources]
+    if box:
+        id_field = "photo_id" if args.yfcc_exif else None  # img2dataset --save_additional_columns '["photo_id"]'
+        sources, pre = (inputs.list_webdataset(args.webdataset, id_field) if args.webdataset
+                        else inputs.list_parquet(args.parquet, args.image_column or "jpg", id_field))
+        if args.yfcc_exif:
+            items, bad_lines = items_from_yfcc(args.yfcc_exif, photos=sources)
+            for reason, names in bad_lines.items():
+                pre.setdefault(reason, []).extend(names)
+        else:
+            items = [Item(src=s.src, name=s.name, part=s.part) for s in sources]
     # --- end issue 24
     elif args.yfcc_exif:
         if not args.yfcc_images:
-            print("exif-jax build-data: --yfcc-exif needs --yfcc-images DIR", file=sys.stderr)
+            print("exif-jax build-data: --yfcc-exif needs --yfcc-images DIR (or --webdataset/--parquet)",
+                  file=sys.stderr)
             return 2
         items, pre = items_from_yfcc(args.yfcc_exif, args.yfcc_images)
     elif args.list_file:

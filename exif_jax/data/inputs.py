@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import io
+import json
 import os
 import tarfile
 from collections.abc import Sequence
@@ -59,10 +60,12 @@ class Located(Protocol):
 
 
 class Source(NamedTuple):
-    """One listed input photo: becomes build.Item(src=src, name=name, part=part)."""
+    """One listed input photo: becomes build.Item(src=src, name=name, part=part); `sample_id` is the value of
+    the id field asked for (a YFCC photo id, to join the EXIF dump), else None."""
     src: str
     name: str
     part: Part | None = None
+    sample_id: str | None = None
 
 
 class MissingBytes(FileNotFoundError):
@@ -161,13 +164,15 @@ def read_item(item: Located) -> bytes:
 
 # ----------------------------------------------------------------------------- listing containers
 
-def list_webdataset(roots: Sequence[str]) -> tuple[list[Source], dict[str, list[str]]]:
+def list_webdataset(roots: Sequence[str], id_field: str | None = None
+                    ) -> tuple[list[Source], dict[str, list[str]]]:
     """Photos in webdataset tars (each root: a .tar or a folder of them), plus skips by reason.
 
     A member is a photo when its suffix is an image suffix; the other members of a sample (<key>.json,
     <key>.txt: img2dataset's metadata) go with it and are not counted; members of no photo's sample are
     "other_extension"; a tar that cannot be listed (compressed, corrupt) is "unreadable_tar".
-    Names read as paths: <tar path>/<member name>. Only headers are read (tarfile seeks over the data).
+    Names read as paths: <tar path>/<member name>. Only headers are read (tarfile seeks over the data), and
+    with `id_field` each sample's <key>.json (a sample without that field is skipped as "no_sample_id").
     """
     sources: list[Source] = []
     skipped: dict[str, list[str]] = {}
@@ -176,18 +181,40 @@ def list_webdataset(roots: Sequence[str]) -> tuple[list[Source], dict[str, list[
             try:
                 with open_path(tar_path) as f, tarfile.open(fileobj=f, mode="r:") as tf:
                     members = [m for m in tf if m.isfile()]
+                    photos = [m for m in members if Path(m.name).suffix.lower() in IMAGE_EXTS]
+                    ids = _json_ids(f, tar_path, members, photos, id_field) if id_field else {}
             except (OSError, tarfile.TarError) as e:
                 skipped.setdefault("unreadable_tar", []).append(f"{tar_path}: {type(e).__name__}: {e}")
                 continue
-            photos = [m for m in members if Path(m.name).suffix.lower() in IMAGE_EXTS]
             keys = {_sample_key(m.name) for m in photos}
             for m in photos:
-                sources.append(Source(tar_path, f"{tar_path}/{m.name}", TarMember(m.offset_data, m.size)))
+                name = f"{tar_path}/{m.name}"
+                if id_field and ids.get(m.name) is None:
+                    skipped.setdefault("no_sample_id", []).append(name)
+                    continue
+                sources.append(Source(tar_path, name, TarMember(m.offset_data, m.size), ids.get(m.name)))
             others = [f"{tar_path}/{m.name}" for m in members
                       if Path(m.name).suffix.lower() not in IMAGE_EXTS and _sample_key(m.name) not in keys]
             if others:
                 skipped.setdefault("other_extension", []).extend(others)
     return sources, skipped
+
+
+def _json_ids(f: BinaryIO, tar_path: str, members, photos, id_field: str) -> dict[str, str | None]:
+    """Photo member name -> `id_field` of its sample's <key>.json (None when there is none)."""
+    jsons = {_sample_key(m.name): m for m in members if m.name.endswith(".json")}
+    ids: dict[str, str | None] = {}
+    for m in photos:
+        j = jsons.get(_sample_key(m.name))
+        value = None
+        if j is not None:
+            f.seek(j.offset_data)
+            try:
+                value = json.loads(f.read(j.size)).get(id_field)
+            except (ValueError, AttributeError):  # not JSON, or not an object: the sample has no id
+                value = None
+        ids[m.name] = None if value is None else str(value)
+    return ids
 
 
 def _sample_key(member: str) -> str:
@@ -200,21 +227,22 @@ class MissingColumn(ValueError):
     """A parquet file without the image-bytes column: an error, not a skip (the flags point at the wrong files)."""
 
 
-def list_parquet(roots: Sequence[str], column: str = "jpg") -> tuple[list[Source], dict[str, list[str]]]:
+def list_parquet(roots: Sequence[str], column: str = "jpg", id_field: str | None = None
+                 ) -> tuple[list[Source], dict[str, list[str]]]:
     """Photos in parquet files (each root: a .parquet or a folder of them): one per row of `column`.
 
     Names read as paths: <parquet path>/<key> (the "key" column, img2dataset's sample key, when there is one;
     else the row number in the file). Only the metadata and the key column are read here; a row without bytes
     (a failed download) is found when it is hashed and skipped as "missing"; a file that cannot be read is
-    "unreadable_parquet". A file without `column` is an error naming it (an img2dataset webdataset folder
-    also holds per-shard .parquet files of metadata only).
+    "unreadable_parquet". A file without `column` (or without `id_field`, when given) is an error naming it
+    (an img2dataset webdataset folder also holds per-shard .parquet files of metadata only).
     """
     sources: list[Source] = []
     skipped: dict[str, list[str]] = {}
     for root in roots:
         for path in list_files(root, (".parquet",)):
             try:
-                sources += _list_one_parquet(path, column)
+                sources += _list_one_parquet(path, column, id_field)
             except MissingColumn:
                 raise
             except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid etc. for a corrupt file
@@ -222,7 +250,7 @@ def list_parquet(roots: Sequence[str], column: str = "jpg") -> tuple[list[Source
     return sources, skipped
 
 
-def _list_one_parquet(path: str, column: str) -> list[Source]:
+def _list_one_parquet(path: str, column: str, id_field: str | None) -> list[Source]:
     import pyarrow.parquet as pq  # lazy: only parquet inputs need pyarrow (heavy import)
     sources = []
     with open_path(path) as f:
@@ -231,11 +259,16 @@ def _list_one_parquet(path: str, column: str) -> list[Source]:
         if column not in names:
             raise MissingColumn(f"{path}: no column {column!r} of image bytes (columns: {names}); give "
                                 f"--image-column, or point --parquet at img2dataset's parquet output")
+        if id_field and id_field not in names:
+            raise MissingColumn(f"{path}: no column {id_field!r} of sample ids (columns: {names}); fetch with "
+                                f"img2dataset --save_additional_columns '[\"{id_field}\"]'")
         start = 0
         for g in range(pf.num_row_groups):
             n = pf.metadata.row_group(g).num_rows
             keys = (pf.read_row_group(g, columns=["key"]).column(0).to_pylist() if "key" in names
                     else [str(start + r) for r in range(n)])
-            sources += [Source(path, f"{path}/{k}", ParquetRow(g, r, column)) for r, k in enumerate(keys)]
+            ids = (pf.read_row_group(g, columns=[id_field]).column(0).to_pylist() if id_field else [None] * n)
+            sources += [Source(path, f"{path}/{k}", ParquetRow(g, r, column), None if i is None else str(i))
+                        for r, (k, i) in enumerate(zip(keys, ids, strict=True))]
             start += n
     return sources
