@@ -35,6 +35,7 @@ from pathlib import Path
 
 import psutil
 
+from exif_jax import exif
 from exif_jax.data import build, inputs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,21 +91,23 @@ def run_build(photos: list[str], out: str, shards: int, cores: int, engine) -> t
 
 
 class _NameHash:
-    """build.Engine stand-in for the memory measurement: sha256 of the name (no file is read)."""
+    """build.Engine stand-in for the memory measurement: pass 1 answers sha256 of the name (no file is read)."""
 
-    def hash_items(self, items):
-        for it in items:
-            it.sha256 = hashlib.sha256(it.name.encode()).hexdigest()
-            yield it, ""
+    def run(self, fn, calls):
+        assert fn is build._hash_chunk, "only pass 1 runs here"
+        for key, (chunk,) in calls:
+            yield key, [(hashlib.sha256(it.name.encode()).hexdigest(), "") for it in chunk]
 
 
-def driver_bytes_per_photo(n: int, per_shard: int = 64) -> dict:
-    """Bytes the driver holds per input photo: the listing (Items), and at the peak of planning."""
+def driver_bytes_per_photo(n: int, yfcc_line: str | None = None, per_shard: int = 64) -> dict:
+    """Bytes the driver holds per input photo: the listing (Items), and at the peak of planning. With
+    `yfcc_line`, each Item also carries its own parse of that EXIF line (--yfcc-exif: the tags travel)."""
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
     tars = [f"/data/yfcc100m/webdataset/{t:05d}.tar" for t in range(math.ceil(n / 10000))]
     items = [build.Item(src=tars[i // 10000], name=f"{tars[i // 10000]}/{i:09d}.jpg",
-                        part=inputs.TarMember(1536 * i + 512, 3_000_000)) for i in range(n)]
+                        part=inputs.TarMember(1536 * i + 512, 3_000_000),
+                        tags=exif.parse_yfcc_line(yfcc_line)[1] if yfcc_line else None) for i in range(n)]
     listed = tracemalloc.get_traced_memory()[0] - base
     tracemalloc.reset_peak()
     unique, _ = build.plan_inputs(items, progress=False, engine=_NameHash())
@@ -128,7 +131,7 @@ def to_markdown(res: dict) -> str:
         rows.append(f"| {label} | {r['photos']} | {r['wall_s']:.1f} | {r['photos_per_core_s']:.3f} | "
                     f"{r['cpu_s']:.1f} | {r['photos_per_cpu_s']:.3f} | {r['worker_cpu_s']:.1f} | "
                     f"{r['driver_cpu_s']:.2f} | {r['daemon_cpu_s']:.2f} | {r['driver_rss_mb']:.0f} |")
-    m = res["driver_memory"]
+    m, y = res["driver_memory"], res["driver_memory_yfcc"]
     return "\n".join([
         f"build-data on {res['images']} ({res['photos']} photos, {res['shards']} shards, {res['cores']} cores, "
         f"{res['date']}; `{res['command']}`)", "",
@@ -138,7 +141,10 @@ def to_markdown(res: dict) -> str:
         f"{res['ray_cold_vs_pool']['core_s']:.3f} / {res['ray_cold_vs_pool']['cpu_s']:.3f}); target >= 0.85. "
         f"Outputs byte-identical: {res['identical']}. ray.init {res['ray_init_s']:.1f} s wall.",
         f"Driver memory: {m['listed_bytes_per_photo']} bytes per listed photo, {m['peak_bytes_per_photo']} at the "
-        f"peak of planning (tracemalloc, {m['photos']:,} webdataset members); photo bytes never reach the driver.",
+        f"peak of planning (tracemalloc, {m['photos']:,} webdataset members); photo bytes never reach the driver. "
+        f"With --yfcc-exif each Item also holds its photo's tags: {y['listed_bytes_per_photo']} / "
+        f"{y['peak_bytes_per_photo']} bytes per photo ({y['tags']} tags, a {y['line_bytes']}-byte EXIF line, "
+        f"{y['photos']:,} photos).",
         ""])
 
 
@@ -178,6 +184,13 @@ def main(argv: list[str] | None = None) -> int:
         res[f"{key}_vs_pool"] = {m: res[key][f"photos_per_{m}"] / res["pool"][f"photos_per_{m}"]
                                  for m in ("core_s", "cpu_s")}
     res["driver_memory"] = driver_bytes_per_photo(args.plan_photos)
+    # A YFCC100M EXIF line as the dump has it (every entry metadata-extractor lists for a photo): the shared
+    # photo whose line has the median length.
+    dump = (REPO.parent / "shared" / "data" / "photos" / "metadata-extractor").glob("*.txt")
+    lines = sorted((exif.to_yfcc_line(1, exif.metadata_extractor_entries(p)) for p in dump), key=len)
+    line = lines[len(lines) // 2]
+    res["driver_memory_yfcc"] = {**driver_bytes_per_photo(args.plan_photos // 5, line),
+                                 "tags": len(exif.parse_yfcc_line(line)[1]), "line_bytes": len(line)}
     md = to_markdown(res)
     print(md)
     Path(args.out_prefix).parent.mkdir(parents=True, exist_ok=True)
