@@ -118,6 +118,10 @@ def test_mixed_inputs_same_files_as_the_pool(cluster, sources, reference, tmp_pa
                             pre_skipped=sources["pre"], engine=RayEngine())
     assert_same_files(ref, out)  # records, pixel files, sidecars, summary.json: byte for byte
     assert s == s_ref
+    engine = RayEngine()  # listing on the workers gives the same sources, in the same order
+    tar, parquet = [str(sources["tar"])], [str(sources["parquet"])]
+    assert inputs.list_webdataset(tar, engine=engine) == inputs.list_webdataset(tar)
+    assert inputs.list_parquet(parquet, engine=engine) == inputs.list_parquet(parquet)
     sk = {r: v["count"] for r, v in s["skipped"].items()}
     assert s["inputs"] == sources["n_inputs"] + 2  # + SOURCES.md and notes.txt
     assert s["unique"] == sources["unique"] and sk["duplicate"] == sources["readable"] - sources["unique"] >= 4

@@ -544,8 +544,8 @@ def cli_main(args: argparse.Namespace) -> int:
         engine = build_ray.RayEngine(address=args.ray_address, num_cpus=args.workers or None)
     if box:
         id_field = "photo_id" if args.yfcc_exif else None  # img2dataset --save_additional_columns '["photo_id"]'
-        sources, pre = (inputs.list_webdataset(args.webdataset, id_field) if args.webdataset
-                        else inputs.list_parquet(args.parquet, args.image_column or "jpg", id_field))
+        sources, pre = (inputs.list_webdataset(args.webdataset, id_field, engine=engine) if args.webdataset
+                        else inputs.list_parquet(args.parquet, args.image_column or "jpg", id_field, engine=engine))
         if args.yfcc_exif:
             items, bad_lines = items_from_yfcc(args.yfcc_exif, photos=sources)
             for reason, names in bad_lines.items():

@@ -22,12 +22,13 @@ clear error naming it.
 """
 from __future__ import annotations
 
+import concurrent.futures as cf
 import functools
 import io
 import json
 import os
 import tarfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO, NamedTuple, Protocol
 
@@ -164,9 +165,32 @@ def read_item(item: Located) -> bytes:
 
 # ----------------------------------------------------------------------------- listing containers
 
-def list_webdataset(roots: Sequence[str], id_field: str | None = None
-                    ) -> tuple[list[Source], dict[str, list[str]]]:
-    """Photos in webdataset tars (each root: a .tar or a folder of them), plus skips by reason.
+Skips = dict[str, list[str]]
+
+
+def _map_containers(fn: Callable, paths: list[str], args: tuple, engine) -> list[tuple[list[Source], Skips]]:
+    """fn(path, *args) for every container, in path order: on the engine's workers when given (listing is
+    latency-bound: ~1,000 header reads per tar), else in threads (file reads release the GIL)."""
+    if engine is None:
+        with cf.ThreadPoolExecutor(8) as ex:
+            return list(ex.map(lambda p: fn(p, *args), paths))
+    got = dict(engine.run(fn, ((i, (p, *args)) for i, p in enumerate(paths))))
+    return [got[i] for i in range(len(paths))]
+
+
+def _merge(parts: list[tuple[list[Source], Skips]]) -> tuple[list[Source], Skips]:
+    sources: list[Source] = []
+    skipped: Skips = {}
+    for got, skips in parts:
+        sources += got
+        for reason, names in skips.items():
+            skipped.setdefault(reason, []).extend(names)
+    return sources, skipped
+
+
+def list_webdataset(roots: Sequence[str], id_field: str | None = None, engine=None) -> tuple[list[Source], Skips]:
+    """Photos in webdataset tars (each root: a .tar or a folder of them), plus skips by reason; `engine`
+    (a build.Engine) lists the tars on its workers.
 
     A member is a photo when its suffix is an image suffix; the other members of a sample (<key>.json,
     <key>.txt: img2dataset's metadata) go with it and are not counted; members of no photo's sample are
@@ -174,29 +198,32 @@ def list_webdataset(roots: Sequence[str], id_field: str | None = None
     Names read as paths: <tar path>/<member name>. Only headers are read (tarfile seeks over the data), and
     with `id_field` each sample's <key>.json (a sample without that field is skipped as "no_sample_id").
     """
+    paths = [p for root in roots for p in list_files(root, (".tar",))]
+    return _merge(_map_containers(list_tar, paths, (id_field,), engine))
+
+
+def list_tar(tar_path: str, id_field: str | None = None) -> tuple[list[Source], Skips]:
+    """The photos of one webdataset tar and its skips (see list_webdataset)."""
     sources: list[Source] = []
-    skipped: dict[str, list[str]] = {}
-    for root in roots:
-        for tar_path in list_files(root, (".tar",)):
-            try:
-                with open_path(tar_path) as f, tarfile.open(fileobj=f, mode="r:") as tf:
-                    members = [m for m in tf if m.isfile()]
-                    photos = [m for m in members if Path(m.name).suffix.lower() in IMAGE_EXTS]
-                    ids = _json_ids(f, tar_path, members, photos, id_field) if id_field else {}
-            except (OSError, tarfile.TarError) as e:
-                skipped.setdefault("unreadable_tar", []).append(f"{tar_path}: {type(e).__name__}: {e}")
-                continue
-            keys = {_sample_key(m.name) for m in photos}
-            for m in photos:
-                name = f"{tar_path}/{m.name}"
-                if id_field and ids.get(m.name) is None:
-                    skipped.setdefault("no_sample_id", []).append(name)
-                    continue
-                sources.append(Source(tar_path, name, TarMember(m.offset_data, m.size), ids.get(m.name)))
-            others = [f"{tar_path}/{m.name}" for m in members
-                      if Path(m.name).suffix.lower() not in IMAGE_EXTS and _sample_key(m.name) not in keys]
-            if others:
-                skipped.setdefault("other_extension", []).extend(others)
+    skipped: Skips = {}
+    try:
+        with open_path(tar_path) as f, tarfile.open(fileobj=f, mode="r:") as tf:
+            members = [m for m in tf if m.isfile()]
+            photos = [m for m in members if Path(m.name).suffix.lower() in IMAGE_EXTS]
+            ids = _json_ids(f, tar_path, members, photos, id_field) if id_field else {}
+    except (OSError, tarfile.TarError) as e:
+        return [], {"unreadable_tar": [f"{tar_path}: {type(e).__name__}: {e}"]}
+    keys = {_sample_key(m.name) for m in photos}
+    for m in photos:
+        name = f"{tar_path}/{m.name}"
+        if id_field and ids.get(m.name) is None:
+            skipped.setdefault("no_sample_id", []).append(name)
+            continue
+        sources.append(Source(tar_path, name, TarMember(m.offset_data, m.size), ids.get(m.name)))
+    others = [f"{tar_path}/{m.name}" for m in members
+              if Path(m.name).suffix.lower() not in IMAGE_EXTS and _sample_key(m.name) not in keys]
+    if others:
+        skipped["other_extension"] = others
     return sources, skipped
 
 
@@ -227,9 +254,10 @@ class MissingColumn(ValueError):
     """A parquet file without the image-bytes column: an error, not a skip (the flags point at the wrong files)."""
 
 
-def list_parquet(roots: Sequence[str], column: str = "jpg", id_field: str | None = None
-                 ) -> tuple[list[Source], dict[str, list[str]]]:
-    """Photos in parquet files (each root: a .parquet or a folder of them): one per row of `column`.
+def list_parquet(roots: Sequence[str], column: str = "jpg", id_field: str | None = None, engine=None
+                 ) -> tuple[list[Source], Skips]:
+    """Photos in parquet files (each root: a .parquet or a folder of them): one per row of `column`; `engine`
+    (a build.Engine) lists the files on its workers.
 
     Names read as paths: <parquet path>/<key> (the "key" column, img2dataset's sample key, when there is one;
     else the row number in the file). Only the metadata and the key column are read here; a row without bytes
@@ -237,17 +265,18 @@ def list_parquet(roots: Sequence[str], column: str = "jpg", id_field: str | None
     "unreadable_parquet". A file without `column` (or without `id_field`, when given) is an error naming it
     (an img2dataset webdataset folder also holds per-shard .parquet files of metadata only).
     """
-    sources: list[Source] = []
-    skipped: dict[str, list[str]] = {}
-    for root in roots:
-        for path in list_files(root, (".parquet",)):
-            try:
-                sources += _list_one_parquet(path, column, id_field)
-            except MissingColumn:
-                raise
-            except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid etc. for a corrupt file
-                skipped.setdefault("unreadable_parquet", []).append(f"{path}: {type(e).__name__}: {e}")
-    return sources, skipped
+    paths = [p for root in roots for p in list_files(root, (".parquet",))]
+    return _merge(_map_containers(list_parquet_file, paths, (column, id_field), engine))
+
+
+def list_parquet_file(path: str, column: str = "jpg", id_field: str | None = None) -> tuple[list[Source], Skips]:
+    """The photos of one parquet file and its skips (see list_parquet)."""
+    try:
+        return _list_one_parquet(path, column, id_field), {}
+    except MissingColumn:
+        raise
+    except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid etc. for a corrupt file
+        return [], {"unreadable_parquet": [f"{path}: {type(e).__name__}: {e}"]}
 
 
 def _list_one_parquet(path: str, column: str, id_field: str | None) -> list[Source]:
