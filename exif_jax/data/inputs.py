@@ -130,9 +130,17 @@ class _Range(io.RawIOBase):
         super().close()
 
 
+def _parquet():
+    try:
+        import pyarrow.parquet as pq  # lazy: only parquet inputs need pyarrow (a heavy import)
+    except ImportError as e:
+        raise ImportError("parquet inputs need pyarrow: pip install -e '.[ray]' (or pyarrow alone)") from e
+    return pq
+
+
 @functools.lru_cache(maxsize=1)  # one row group's column: up to ~100 photos (img2dataset's group size)
 def _row_group_column(src: str, row_group: int, column: str):
-    import pyarrow.parquet as pq  # lazy: only parquet inputs need pyarrow (heavy import)
+    pq = _parquet()
     try:
         with open_path(src) as f:
             return pq.ParquetFile(f).read_row_group(row_group, columns=[column]).column(0).combine_chunks()
@@ -280,7 +288,7 @@ def list_parquet_file(path: str, column: str = "jpg", id_field: str | None = Non
 
 
 def _list_one_parquet(path: str, column: str, id_field: str | None) -> list[Source]:
-    import pyarrow.parquet as pq  # lazy: only parquet inputs need pyarrow (heavy import)
+    pq = _parquet()
     sources = []
     with open_path(path) as f:
         pf = pq.ParquetFile(f)
