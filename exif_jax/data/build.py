@@ -165,7 +165,9 @@ def _hash_chunk(items: Sequence[Item]) -> list[tuple[str, str]]:
 
 
 def _engine_hash(engine: Engine, items: Sequence[Item]) -> Iterator[tuple[Item, str]]:
-    calls = ((i, (items[i:i + HASH_CHUNK],)) for i in range(0, len(items), HASH_CHUNK))
+    # Hashing needs only where the bytes are: the tags (KBs from a YFCC line) stay on the driver.
+    calls = ((i, ([dataclasses.replace(it, tags=None) for it in items[i:i + HASH_CHUNK]],))
+             for i in range(0, len(items), HASH_CHUNK))
     for i, results in engine.run(_hash_chunk, calls):
         for it, (sha, reason) in zip(items[i:i + HASH_CHUNK], results, strict=True):
             it.sha256 = sha  # the worker hashed a copy
