@@ -46,6 +46,9 @@ setup(
         # Tests start real object-store emulators on 127.0.0.1.
         "dev": ["pytest==9.2.0", "scikit-learn==1.9.1", "ruff==0.17.6", "moto[server]==5.2.5",
                 "gcp-storage-emulator==2026.7.19"],
+        # build-data --engine ray (Ray tasks only, so core ray, not ray[data]), --parquet inputs (pyarrow);
+        # psutil: tests/test_build_ray.py finds and kills a Ray worker, benchmarks/build_data.py reads RSS.
+        "ray": ["ray==2.60.0", "pyarrow==26.0.1", "psutil==7.2.2"],
     },
     entry_points={"console_scripts": ["exif-jax=exif_jax.cli:main"]},
 )

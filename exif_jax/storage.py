@@ -248,6 +248,20 @@ def read_bytes(path: str) -> bytes:
         raise _error(path, e) from e
 
 
+def open_read(path: str) -> Any:
+    """A seekable binary file object for reading (an object is fetched by ranges as it is read)."""
+    if not is_remote(path):
+        try:
+            return open(path, "rb")
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: no such file") from None
+    fs, p = _fs_path(path)
+    try:
+        return fs.open(p, "rb")
+    except Exception as e:  # noqa: BLE001
+        raise _error(path, e) from e
+
+
 def read_text(path: str) -> str:
     """The whole file or object as UTF-8 text."""
     return read_bytes(path).decode("utf-8")

@@ -27,16 +27,17 @@ import shutil
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from array_record.python.array_record_module import ArrayRecordWriter
 from tqdm import tqdm
 
 from exif_jax import exif, storage
-from exif_jax.data import layout
+from exif_jax.data import build_ray, inputs, layout
 from exif_jax.data.layout import SHARD_RE, shard_name
 from exif_jax.data.photo_check import Settings, make_record
 from exif_jax.data.pixel_store import Blob, PixelWriter, pixels_path
@@ -51,19 +52,20 @@ MAX_LISTED = 1000  # file names listed per skip reason in summary.json (counts a
 
 @dataclass
 class Item:
-    """One input file: `src` is read, `name` goes into the record's `path`; `tags` when EXIF comes from a TSV."""
+    """One input file: `src` is read, `name` goes into the record's `path`; `tags` when EXIF comes from a TSV;
+    `part`: which bytes of `src` (None: all; a tar member or a parquet cell, see data.inputs)."""
     src: str
     name: str
     sha256: str = ""
     tags: dict[str, str] | None = field(default=None)
+    part: inputs.Part | None = None  # not in the shard digest: the same photo makes the same record anywhere
 
 
 # ----------------------------------------------------------------------------- pass 1: inputs
 
 # Files with these extensions are tried (and skipped with a reason if they are not camera JPEGs); the
 # rest of a folder (sidecar .txt/.json/.xmp files, ...) is only counted, as "other_extension".
-IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".mpo", ".png", ".tif", ".tiff", ".webp", ".bmp",
-                        ".gif", ".heic", ".heif"})
+IMAGE_EXTS = inputs.IMAGE_EXTS
 
 
 def list_folder(folder: str) -> tuple[list[str], list[str]]:
@@ -115,9 +117,16 @@ def items_from_list(list_file: str) -> list[Item]:
             for p in lines]
 
 
-def items_from_yfcc(tsv: str, image_dir: str) -> tuple[list[Item], dict[str, list[str]]]:
-    """Inputs from a YFCC100M EXIF TSV: tags from each line, bytes from IMAGE_DIR/<photo_id>.jpg."""
+def items_from_yfcc(tsv: str, image_dir: str | None = None, photos: Sequence[inputs.Source] | None = None
+                    ) -> tuple[list[Item], dict[str, list[str]]]:
+    """Inputs from a YFCC100M EXIF TSV: tags from each line, bytes from IMAGE_DIR/<photo_id>.jpg, or from the
+    listed `photos` whose sample_id is the photo id (img2dataset output; the first of a repeated id is used,
+    and a line whose photo was not fetched is skipped as "missing")."""
     items, skipped = [], {}
+    by_id: dict[str, inputs.Source] = {}
+    for p in photos or ():  # issue 24: photos from webdataset/parquet, joined on their photo id
+        if p.sample_id is not None:
+            by_id.setdefault(p.sample_id, p)
     text = storage.read_bytes(tsv).decode("utf-8", errors="replace")
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -127,24 +136,21 @@ def items_from_yfcc(tsv: str, image_dir: str) -> tuple[list[Item], dict[str, lis
         except Exception as e:  # noqa: BLE001 - any malformed line is skipped, named by its number
             skipped.setdefault("bad_tsv_line", []).append(f"{tsv}:{lineno}: {e}")
             continue
-        items.append(Item(src=storage.join(image_dir, f"{photo_id}.jpg"), name=str(photo_id), tags=tags))
+        if photos is None:
+            items.append(Item(src=storage.join(image_dir, f"{photo_id}.jpg"), name=str(photo_id), tags=tags))
+        elif (p := by_id.get(str(photo_id))) is not None:
+            items.append(Item(src=p.src, name=str(photo_id), tags=tags, part=p.part))
+        else:
+            skipped.setdefault("missing", []).append(str(photo_id))
     return items, skipped
-
-
-def read_input(src: str) -> bytes:
-    """An input photo's bytes (a local path or a gs:// / s3:// URI)."""
-    return storage.read_bytes(src)
 
 
 def _hash(item: Item) -> tuple[Item, str]:
     try:
         h = hashlib.sha256()
-        if storage.is_remote(item.src):
-            h.update(read_input(item.src))
-        else:
-            with open(item.src, "rb") as f:
-                while chunk := f.read(1 << 20):
-                    h.update(chunk)
+        with inputs.open_item(item) as f:  # the one reader of an item's bytes (files, tar members, parquet cells)
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
     except FileNotFoundError:
         return item, "missing"
     except OSError:  # permission, a directory, an I/O error
@@ -153,14 +159,44 @@ def _hash(item: Item) -> tuple[Item, str]:
     return item, ""
 
 
-def plan_inputs(items: Sequence[Item], *, workers: int = 4, progress: bool = True
+class Engine(Protocol):
+    """Where the two passes' parallel work runs instead of local threads and processes (build_ray.RayEngine):
+    the same functions (_hash_chunk, build_shard) on other processes or machines."""
+
+    def run(self, fn: Callable, calls: Iterable[tuple[object, tuple]]) -> Iterable[tuple[object, object]]:
+        """fn(*args) for each (key, args) of `calls`; yields (key, result) as each finishes."""
+
+
+HASH_CHUNK = 32  # inputs per hashing call on an engine: a call costs ~1 ms to schedule, 32 photos ~50-100 ms
+
+
+def _hash_chunk(items: Sequence[Item]) -> list[tuple[str, str]]:
+    """(sha256, skip reason) of each item, in order (pass 1 on an engine's worker)."""
+    return [(it.sha256, reason) for it, reason in map(_hash, items)]
+
+
+def _engine_hash(engine: Engine, items: Sequence[Item]) -> Iterator[tuple[Item, str]]:
+    # Hashing needs only where the bytes are: the tags (KBs from a YFCC line) stay on the driver.
+    calls = ((i, ([dataclasses.replace(it, tags=None) for it in items[i:i + HASH_CHUNK]],))
+             for i in range(0, len(items), HASH_CHUNK))
+    for i, results in engine.run(_hash_chunk, calls):
+        for it, (sha, reason) in zip(items[i:i + HASH_CHUNK], results, strict=True):
+            it.sha256 = sha  # the worker hashed a copy
+            yield it, reason
+
+
+def plan_inputs(items: Sequence[Item], *, workers: int = 4, progress: bool = True, engine: Engine | None = None
                 ) -> tuple[list[Item], dict[str, list[str]]]:
     """Hash every input; returns the unique readable items sorted by sha256 and the skips by reason."""
     skipped: dict[str, list[str]] = {}
     by_hash: dict[str, Item] = {}
-    with cf.ThreadPoolExecutor(max(1, workers)) as ex:  # hashlib and file reads release the GIL
-        results = list(tqdm(ex.map(_hash, items), total=len(items), desc="hash", disable=not progress,
+    if engine is not None:
+        results = list(tqdm(_engine_hash(engine, items), total=len(items), desc="hash", disable=not progress,
                             unit="file"))
+    else:
+        with cf.ThreadPoolExecutor(max(1, workers)) as ex:  # hashlib and file reads release the GIL
+            results = list(tqdm(ex.map(_hash, items), total=len(items), desc="hash", disable=not progress,
+                                unit="file"))
     # The first of equal files by name is kept, so the choice does not depend on listing order.
     for item, reason in sorted(results, key=lambda r: r[0].name):
         if reason:
@@ -263,7 +299,7 @@ def _build_shard_local(shard_path: str, items: Sequence[Item], settings: Setting
     try:
         for it in items:
             try:
-                data = read_input(it.src)
+                data = inputs.read_item(it)
             except OSError:
                 skipped.setdefault("unreadable", []).append(it.name)
                 continue
@@ -342,13 +378,14 @@ def write_build_index(out_dir: str, shard_files: Sequence[str]) -> int:
 
 def build_dataset(items: Sequence[Item], out_dir: str, settings: Settings, *, num_shards: int | None = None,
                   records_per_shard: int = 64, workers: int | None = None, progress: bool = True,
-                  pre_skipped: dict[str, list[str]] | None = None) -> dict:
-    """Build (or finish building) the shards for `items` in `out_dir`; returns the summary it writes."""
+                  pre_skipped: dict[str, list[str]] | None = None, engine: Engine | None = None) -> dict:
+    """Build (or finish building) the shards for `items` in `out_dir`; returns the summary it writes.
+    `engine` (e.g. build_ray.RayEngine) runs both passes' work; the plan, resume and summary are the same."""
     workers = workers or os.cpu_count() or 1
     if (num_shards is not None and num_shards < 1) or records_per_shard < 1:
         raise ValueError(f"need --shards >= 1 and --records-per-shard >= 1, got {num_shards}, {records_per_shard}")
     storage.makedirs(out_dir)
-    unique, skipped = plan_inputs(items, workers=workers, progress=progress)
+    unique, skipped = plan_inputs(items, workers=workers, progress=progress, engine=engine)
     for reason, names in (pre_skipped or {}).items():
         skipped.setdefault(reason, []).extend(names)
     if num_shards is None:
@@ -368,7 +405,12 @@ def build_dataset(items: Sequence[Item], out_dir: str, settings: Settings, *, nu
         else:
             sides[path] = meta
     bar = tqdm(total=sum(len(c) for _, c, _ in todo), desc="build", unit="img", disable=not progress)
-    if workers <= 1 or len(todo) <= 1:
+    if engine is not None:
+        sizes = {path: len(chunk) for path, chunk, _ in todo}
+        for path, side in engine.run(build_shard, ((p, (p, c, settings, d)) for p, c, d in todo)):
+            sides[path] = side
+            bar.update(sizes[path])
+    elif workers <= 1 or len(todo) <= 1:
         for path, chunk, digest in todo:
             sides[path] = build_shard(path, chunk, settings, digest)
             bar.update(len(chunk))
@@ -444,11 +486,30 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     """Flags of `exif-jax build-data`."""
     from exif_jax import cli_args
 
-    src = parser.add_mutually_exclusive_group(required=True)
+    src = parser.add_mutually_exclusive_group()  # one of these or of `box` (issue 24: checked in cli_main)
     src.add_argument("--images", metavar="DIR", help="folder of photos (recursive; other files are counted, not read)")
     src.add_argument("--list", dest="list_file", metavar="FILE", help="file with one photo path per line")
     src.add_argument("--yfcc-exif", metavar="TSV",
-                     help="YFCC100M EXIF TSV (photo id + EXIF per line); needs --yfcc-images")
+                     help="YFCC100M EXIF TSV (photo id + EXIF per line); the photos from --yfcc-images, "
+                          "--webdataset or --parquet")
+    # --- issue 24: img2dataset output and the Ray engine (data/inputs.py, data/build_ray.py)
+    # Explicit flags, not detection inside --images: an img2dataset webdataset folder holds .tar shards *and*
+    # per-shard .parquet files of metadata only, so the kind has to be said.
+    # Either is the photos of a --yfcc-exif TSV too, so they are a group of their own.
+    box = parser.add_mutually_exclusive_group()
+    box.add_argument("--webdataset", nargs="+", metavar="TAR",
+                     help="webdataset .tar shards (files or folders of them; img2dataset --output_format webdataset); "
+                          "with --yfcc-exif: the photos, by the photo_id field of each sample's .json")
+    box.add_argument("--parquet", nargs="+", metavar="PARQUET",
+                     help="parquet files with an image-bytes column (files or folders; img2dataset "
+                          "--output_format parquet); with --yfcc-exif: the photos, by their photo_id column")
+    parser.add_argument("--image-column", metavar="NAME", help="--parquet column of image bytes (default: jpg)")
+    parser.add_argument("--engine", choices=("local", "ray"), default="local",
+                        help="local: threads + a process pool on this machine; ray: Ray tasks (a local Ray, or "
+                             "the cluster at --ray-address); same records either way")
+    parser.add_argument("--ray-address", metavar="ADDR",
+                        help="Ray cluster to join (e.g. auto, ray://head:10001); default: start a local one")
+    # --- end issue 24
     parser.add_argument("--yfcc-images", metavar="DIR", help="folder holding <photo_id>.jpg for each --yfcc-exif line")
     cli_args.add_out(parser, "records-*.array_record shards, their pixel files and sidecars, summary.json; re-run "
                              "the same command to resume an interrupted build")
@@ -456,7 +517,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     n.add_argument("--shards", type=int, metavar="N", help="number of shards (default: from --records-per-shard)")
     n.add_argument("--records-per-shard", type=int, default=64, metavar="N",
                    help="photos per shard when --shards is not given")
-    parser.add_argument("--workers", type=int, default=0, metavar="N", help="processes (0: all cores)")
+    parser.add_argument("--workers", type=int, default=0, metavar="N",
+                        help="processes (0: all cores); with --engine ray: the CPUs of the local Ray it starts")
     parser.add_argument("--config", metavar="FILE", help="config file: EXIF tag set, max_value_len, style")
     parser.add_argument("--min-size", type=int, default=128, metavar="PX",
                         help="skip photos whose shorter side is smaller")
@@ -479,9 +541,49 @@ def cli_main(args: argparse.Namespace) -> int:
         print("exif-jax build-data: --keep-original has nothing to add with --no-fast-path (which stores only the "
               "original files): drop one of them", file=sys.stderr)
         return 2
-    if args.yfcc_exif:
+    # --- issue 24
+    box = args.webdataset or args.parquet
+    if box and (args.images or args.list_file):
+        print("exif-jax build-data: give one photo source: --images, --list, --webdataset or --parquet",
+              file=sys.stderr)
+        return 2
+    if not (box or args.images or args.list_file or args.yfcc_exif):
+        print("exif-jax build-data: give the photos: --images, --list, --yfcc-exif, --webdataset or --parquet",
+              file=sys.stderr)
+        return 2
+    if args.yfcc_exif and args.yfcc_images and box:
+        print("exif-jax build-data: the photos of --yfcc-exif come from --yfcc-images or from --webdataset/--parquet,"
+              " not both", file=sys.stderr)
+        return 2
+    if args.ray_address and args.engine != "ray":
+        print("exif-jax build-data: --ray-address needs --engine ray", file=sys.stderr)
+        return 2
+    if args.ray_address and args.workers:
+        print("exif-jax build-data: --workers sizes a local Ray; a cluster at --ray-address has its own CPUs",
+              file=sys.stderr)
+        return 2
+    if args.image_column and not args.parquet:
+        print("exif-jax build-data: --image-column names a column of --parquet files; give --parquet too",
+              file=sys.stderr)
+        return 2
+    engine = None
+    if args.engine == "ray":
+        engine = build_ray.RayEngine(address=args.ray_address, num_cpus=args.workers or None)
+    if box:
+        id_field = "photo_id" if args.yfcc_exif else None  # img2dataset --save_additional_columns '["photo_id"]'
+        sources, pre = (inputs.list_webdataset(args.webdataset, id_field, engine=engine) if args.webdataset
+                        else inputs.list_parquet(args.parquet, args.image_column or "jpg", id_field, engine=engine))
+        if args.yfcc_exif:
+            items, bad_lines = items_from_yfcc(args.yfcc_exif, photos=sources)
+            for reason, names in bad_lines.items():
+                pre.setdefault(reason, []).extend(names)
+        else:
+            items = [Item(src=s.src, name=s.name, part=s.part) for s in sources]
+    # --- end issue 24
+    elif args.yfcc_exif:
         if not args.yfcc_images:
-            print("exif-jax build-data: --yfcc-exif needs --yfcc-images DIR", file=sys.stderr)
+            print("exif-jax build-data: --yfcc-exif needs --yfcc-images DIR (or --webdataset/--parquet)",
+                  file=sys.stderr)
             return 2
         items, pre = items_from_yfcc(args.yfcc_exif, args.yfcc_images)
     elif args.list_file:
@@ -491,10 +593,13 @@ def cli_main(args: argparse.Namespace) -> int:
     settings = dataclasses.replace(settings_from_config(args.config, min_size=args.min_size),
                                    keep_original=args.keep_original, fast_path=not args.no_fast_path)
     s = build_dataset(items, args.out, settings, num_shards=args.shards, records_per_shard=args.records_per_shard,
-                      workers=args.workers or None, progress=not args.no_progress, pre_skipped=pre)
-    skipped = ", ".join(f"{r}={v['count']}" for r, v in s["skipped"].items()) or "none"
+                      workers=args.workers or None, progress=not args.no_progress, pre_skipped=pre, engine=engine)
     whole = ", ".join(f"{r}={v['count']}" for r, v in s["fast_path"]["decoded_whole"].items()) or "none"
-    print(f"{args.out}: kept {s['kept']} of {s['inputs']} in {len(s['shards'])} shards; skipped: {skipped}")
+    print(f"{args.out}: kept {s['kept']} of {s['inputs']} in {len(s['shards'])} shards; "
+          f"skipped {s['skipped_total']}{':' if s['skipped'] else ''}")
+    width = max((len(r) for r in s["skipped"]), default=0)  # issue 24: the skips as a table, one reason a line
+    for reason, v in s["skipped"].items():
+        print(f"  {reason:<{width}}  {v['count']:>8}")
     print(f"{args.out}: region decode for {s['fast_path']['records']} of {s['kept']}, decoded whole: {whole}; "
           f"stored {s['stored_bytes'] / 1e6:.1f} MB for {s['original_bytes'] / 1e6:.1f} MB of originals "
           f"({100 * s['stored_vs_original']:+.1f}%)")
