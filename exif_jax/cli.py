@@ -2,8 +2,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
+
+from exif_jax import storage
 
 # name -> (module, function, help). The module defines `add_args(parser)`; the function takes the
 # parsed argparse.Namespace and returns an exit code.
@@ -37,6 +44,51 @@ def add_command(sub: argparse._SubParsersAction, name: str) -> tuple[argparse.Ar
     return p, mod
 
 
+# Subcommands that read and write gs:// and s3:// themselves (the rest see local copies, below).
+NATIVE_URIS = ("build-data", "train")
+# Read through the model loader itself (exif_jax.workdir), which takes URIs.
+LOADER_ARGS = ("checkpoint",)
+
+
+@contextlib.contextmanager
+def staged(args: argparse.Namespace) -> Iterator[None]:
+    """Object-storage paths for subcommands that work on local files: each gs:// / s3:// input is copied to a
+    local folder first, and `--out` is written locally and uploaded when the command ends (also when it
+    fails, so nothing it wrote is lost)."""
+    tmp = None
+    out_uri = None
+    try:
+        for name, value in vars(args).items():
+            values = value if isinstance(value, list) else [value]
+            if name in LOADER_ARGS or not any(isinstance(v, str) and storage.is_remote(v) for v in values):
+                continue
+            tmp = tmp or tempfile.mkdtemp(prefix="exif-jax-stage-")
+            if name == "out":
+                out_uri = value
+                setattr(args, name, os.path.join(tmp, "out"))
+                os.makedirs(args.out)
+                continue
+            local = []
+            for i, v in enumerate(values):
+                if not (isinstance(v, str) and storage.is_remote(v)):
+                    local.append(v)
+                    continue
+                dst = os.path.join(tmp, f"{name}-{i}", storage.basename(v))
+                if storage.isdir(v):
+                    storage.copy_tree(v, dst)
+                else:
+                    storage.download_file(v, dst)
+                local.append(dst)
+            setattr(args, name, local if isinstance(value, list) else local[0])
+        yield
+    finally:
+        if out_uri is not None:
+            storage.copy_tree(args.out, out_uri)
+            args.out = out_uri
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="exif-jax", description=__doc__)
@@ -44,7 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in COMMANDS:
         _, mod = add_command(sub, argv[0])
         args = parser.parse_args(argv)
-        return int(getattr(mod, COMMANDS[argv[0]][1])(args) or 0)
+        run = getattr(mod, COMMANDS[argv[0]][1])
+        if argv[0] in NATIVE_URIS:
+            return int(run(args) or 0)
+        with staged(args):
+            return int(run(args) or 0)
     for name, (_, _, help_) in COMMANDS.items():
         sub.add_parser(name, help=help_)
     parser.parse_args(argv)

@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import sentencepiece as spm
 
+from exif_jax import storage
+
 BUNDLED_MODEL = Path(__file__).resolve().parent / "assets" / "tokenizer" / "exif_sp.model"
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
 
@@ -73,7 +75,7 @@ class Tokenizer:
 
     def __init__(self, model_path: str | None = None, max_len: int = 64):
         self.model_path = str(model_path) if model_path else str(BUNDLED_MODEL)
-        if not os.path.isfile(self.model_path):
+        if not storage.isfile(self.model_path):
             raise FileNotFoundError(f"tokenizer model not found: {self.model_path}")
         if max_len < 2:
             raise ValueError(f"max_len must be >= 2 (one token + eos), got {max_len}")
@@ -89,7 +91,8 @@ class Tokenizer:
     def sp(self) -> spm.SentencePieceProcessor:
         """The processor, loaded on first use (also after unpickling in a grain worker)."""
         if self._sp is None:
-            self._sp = spm.SentencePieceProcessor(model_file=self.model_path)
+            # model_proto: the model may live in object storage (gs://, s3://) as well as on disk.
+            self._sp = spm.SentencePieceProcessor(model_proto=storage.read_bytes(self.model_path))
         return self._sp
 
     def __getstate__(self) -> dict:
@@ -216,7 +219,7 @@ def texts_from_source(*, images: str | None = None, list_file: str | None = None
         with open(texts, encoding="utf-8") as f:
             return [line.rstrip("\n") for line in f if line.strip()]
     if data:
-        from exif_jax.data.build import read_records
+        from exif_jax.data.reader import read_records
         return [rec["text"] for rec in read_records(data)]
     from exif_jax import exif
     from exif_jax.data.build import list_images

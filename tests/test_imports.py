@@ -3,6 +3,9 @@ and relative) are read with `ast`, and the graph among exif_jax modules must be 
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1] / "exif_jax"
@@ -112,3 +115,18 @@ def test_cycle_finder_sees_function_level_and_relative_imports(tmp_path):
     assert find_cycle(graph) == ["pkgx.sub.b", "pkgx.sub.c", "pkgx.sub.b"]
     (pkg / "sub" / "c.py").write_text("import os\n")
     assert find_cycle(import_graph(module_names(pkg))) is None
+
+
+# The builder and what only it needs (numba compiles the restart rewrite; Ray and pyarrow read inputs).
+BUILD_ONLY = ("numba", "llvmlite", "ray", "pyarrow", "exif_jax.data.build", "exif_jax.data.build_ray",
+              "exif_jax.data.inputs", "exif_jax.data.photo_check", "exif_jax.data.jpeg_restart")
+
+
+def test_read_path_imports_no_build_code():
+    """Training, the loader and localization import the reader, never the builder or numba."""
+    code = ("import sys; import exif_jax.data.pipeline, exif_jax.eval.localize, exif_jax.train; "
+            f"print(sorted(m for m in sys.modules if m.split('.')[0] in {BUILD_ONLY!r} or m in {BUILD_ONLY!r}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]", out.stdout

@@ -232,3 +232,20 @@ def test_open_files_bounded_with_2000_shards(local_build, tmp_path, s3_server, m
     assert out.returncode == 0, out.stderr[-3000:]
     peak, shards = (int(v) for v in out.stdout.split("PEAK")[1].split())
     assert shards == n and peak <= 64, out.stdout
+
+
+def test_eval_reads_and_writes_object_storage(s3_server, monkeypatch, tmp_path):
+    """A subcommand that works on local files gets local copies of its gs:// / s3:// inputs and uploads its
+    -o/--out: localize a photo from a bucket into a bucket, as from and to disk."""
+    for k, v in s3_server.env.items():
+        monkeypatch.setenv(k, v)
+    s3_server.make_bucket("evalio")
+    photo = sorted(PHOTOS.glob("*.jpg"))[0]
+    storage.upload_file(str(photo), f"s3://evalio/in/{photo.name}")
+    args = ["--baseline", "noise", "--stride", "64", "--no-progress"]
+    assert cli.main(["localize", f"s3://evalio/in/{photo.name}", "-o", "s3://evalio/maps", *args]) == 0
+    assert cli.main(["localize", str(photo), "-o", str(tmp_path / "maps"), *args]) == 0
+    local = sorted(p.relative_to(tmp_path / "maps").as_posix() for p in (tmp_path / "maps").rglob("*") if p.is_file())
+    assert local and storage.walk_files("s3://evalio/maps") == local
+    with pytest.raises(FileNotFoundError, match="s3://evalio/in/nope.jpg"):
+        cli.main(["localize", "s3://evalio/in/nope.jpg", "-o", "s3://evalio/maps2", *args])

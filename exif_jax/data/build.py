@@ -285,9 +285,8 @@ def build_shard(shard_path: str, items: Sequence[Item], settings: Settings, dige
 
 
 def _build_shard_local(shard_path: str, items: Sequence[Item], settings: Settings, digest: str) -> dict:
-    tmp = f"{shard_path}.tmp"
-    if os.path.exists(tmp):
-        os.remove(tmp)  # left by an interrupted run
+    # A temporary name of this attempt's own: an engine may retry a shard while a cut-off attempt still runs.
+    tmp = f"{shard_path}.tmp-{os.getpid()}-{os.urandom(4).hex()}"
     shard_no = int(SHARD_RE.match(os.path.basename(shard_path)).group(1))
     skipped: dict[str, list[str]] = {}
     slow: dict[str, list[str]] = {}  # photos decoded whole at load time, by reason
@@ -295,7 +294,7 @@ def _build_shard_local(shard_path: str, items: Sequence[Item], settings: Setting
     entries: list[dict] = []
     n, nbytes, nfast = 0, 0, 0
     writer = ArrayRecordWriter(tmp, WRITER_OPTIONS)
-    pixels = PixelWriter(pixels_path(shard_path))
+    pixels = PixelWriter(pixels_path(shard_path), tmp_suffix=tmp[len(shard_path):])
     try:
         for it in items:
             try:
@@ -324,9 +323,10 @@ def _build_shard_local(shard_path: str, items: Sequence[Item], settings: Setting
             nbytes += len(data)
     except BaseException:
         pixels.abort()
-        raise
-    finally:
         writer.close()
+        os.remove(tmp)
+        raise
+    writer.close()
     pixels.commit()
     buf = io.BytesIO()
     np.save(buf, layout.index_rows(entries), allow_pickle=False)
@@ -365,6 +365,15 @@ def _check_no_foreign_shards(out_dir: str, num_shards: int) -> None:
                                f"this one makes {num_shards}; use an empty --out folder")
 
 
+def _remove_leftovers(out_dir: str) -> None:
+    """Temporary files of killed runs (local output; object storage never shows a partial object)."""
+    if storage.is_remote(out_dir):
+        return
+    for name in os.listdir(out_dir):
+        if name.startswith("records-") and ".tmp-" in name:
+            os.remove(os.path.join(out_dir, name))
+
+
 def write_build_index(out_dir: str, shard_files: Sequence[str]) -> int:
     """index.npy: every shard's index rows in shard order (what a loader reads, in one request)."""
     parts = [np.load(io.BytesIO(storage.read_bytes(layout.sibling(p, layout.INDEX_SUFFIX))), allow_pickle=False)
@@ -385,6 +394,7 @@ def build_dataset(items: Sequence[Item], out_dir: str, settings: Settings, *, nu
     if (num_shards is not None and num_shards < 1) or records_per_shard < 1:
         raise ValueError(f"need --shards >= 1 and --records-per-shard >= 1, got {num_shards}, {records_per_shard}")
     storage.makedirs(out_dir)
+    _remove_leftovers(out_dir)
     unique, skipped = plan_inputs(items, workers=workers, progress=progress, engine=engine)
     for reason, names in (pre_skipped or {}).items():
         skipped.setdefault(reason, []).extend(names)
@@ -427,6 +437,7 @@ def build_dataset(items: Sequence[Item], out_dir: str, settings: Settings, *, nu
     bar.close()
     summary = merge_summary([sides[p] for p, _, _ in plans], skipped, settings,
                             inputs=len(items) + sum(map(len, (pre_skipped or {}).values())), unique=len(unique))
+    _remove_leftovers(out_dir)  # of attempts an engine retried (their workers died mid-shard)
     write_build_index(out_dir, [p for p, _, _ in plans])
     _atomic_write_json(storage.join(out_dir, "summary.json"), summary)
     return summary

@@ -39,8 +39,8 @@ def pixels_path(shard_path: str) -> str:
 class PixelWriter:
     """Appends blobs to one pixel file (under a temporary name until `commit`)."""
 
-    def __init__(self, path: str):
-        self.path, self.tmp = path, f"{path}.tmp"
+    def __init__(self, path: str, tmp_suffix: str = ".tmp"):
+        self.path, self.tmp = path, f"{path}{tmp_suffix}"
         self._f = open(self.tmp, "wb")
         self.size = 0
 

@@ -47,8 +47,8 @@ def extract_features(data_dir: str, embedders: Mapping[str, PatchEmbedder], *, c
     """Crop every photo of an ArrayRecord build K times and embed the crops with every embedder."""
     from tqdm import tqdm
 
-    from exif_jax.data.build import read_records
     from exif_jax.data.crops import decode_rgb
+    from exif_jax.data.reader import read_records
 
     if crops_per_photo < 1:
         raise ValueError(f"crops_per_photo must be >= 1, got {crops_per_photo}")

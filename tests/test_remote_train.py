@@ -1,0 +1,84 @@
+"""Training from a build in object storage: 2 `exif-jax train` processes read data.train_dir=s3://… (moto on
+127.0.0.1, behind the counting proxy) and match one process on the same build on local disk; together they make
+about the requests one process makes (each reads only its slice of every batch)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import object_store  # tests/ is on sys.path (conftest's folder)
+import pytest
+from test_train import EXE, FAST_COMPILE, free_port, overrides, rows
+
+from exif_jax import cli
+
+REPO = Path(__file__).parents[1]
+PHOTOS = REPO / "exif_jax" / "assets" / "photos"
+STEPS = 4
+
+
+@pytest.fixture(scope="module")
+def remote_build(s3_server):
+    s3_server.make_bucket("trainset")
+    env = s3_server.env
+    rc = subprocess.run([sys.executable, "-m", "exif_jax.cli", "build-data", "--images", str(PHOTOS), "--out",
+                         "s3://trainset/rec", "--workers", "1", "--no-progress"], env={**_base_env(), **env},
+                        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert rc.returncode == 0, rc.stderr[-2000:]
+    return "s3://trainset/rec"
+
+
+def _base_env() -> dict[str, str]:
+    import os
+
+    e = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count=8 {FAST_COMPILE}")
+    e.pop("EXIF_JAX_COORDINATOR", None)
+    return e
+
+
+def _args(data_dir: str) -> list[str]:
+    return overrides(data_dir) + [f"train.max_steps_per_run={STEPS}"]
+
+
+def _run(workdir: Path, data_dir: str, env: dict, procs: int, log: Path) -> None:
+    port = free_port()
+    running = []
+    for i in range(procs):
+        cmd = EXE + ["--workdir", str(workdir)] + [f"--config.{a}" for a in _args(data_dir)]
+        e = dict(env)
+        if procs > 1:
+            cmd += ["--coordinator", f"127.0.0.1:{port}", "--num-processes", str(procs), "--process-id", str(i)]
+            e["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={8 // procs} {FAST_COMPILE}"
+        running.append(subprocess.Popen(cmd, stdout=open(f"{log}.{i}", "w"), stderr=subprocess.STDOUT, env=e,
+                                        cwd=REPO))
+    codes = [p.wait(timeout=400) for p in running]
+    assert codes == [0] * procs, "".join(Path(f"{log}.{i}").read_text()[-3000:] for i in range(procs))
+
+
+def test_two_processes_train_from_s3_like_one_from_disk(remote_build, s3_server, tmp_path):
+    local = str(tmp_path / "local_build")
+    assert cli.main(["build-data", "--images", str(PHOTOS), "--out", local, "--workers", "1", "--no-progress"]) == 0
+    _run(tmp_path / "ref", local, _base_env(), 1, tmp_path / "ref.log")
+    proxy = object_store.start_proxy(s3_server, max_upstream=8)
+    try:
+        env = {**_base_env(), **proxy.env}
+        proxy.reset()
+        _run(tmp_path / "one", remote_build, env, 1, tmp_path / "one.log")
+        one = proxy.stats()["requests"].get("GET", 0)
+        proxy.reset()
+        _run(tmp_path / "two", remote_build, env, 2, tmp_path / "two.log")
+        two = proxy.stats()["requests"].get("GET", 0)
+    finally:
+        proxy.stop()
+    want = rows(tmp_path / "ref")
+    for name in ("one", "two"):
+        got = rows(tmp_path / name)
+        assert sorted(got) == list(range(1, STEPS + 1))
+        for s in got:
+            assert got[s]["fingerprint"] == want[s]["fingerprint"], f"{name}: step {s}: different examples"
+            assert got[s]["loss"] == pytest.approx(want[s]["loss"], rel=1e-5, abs=1e-6), f"{name}: step {s}"
+    # Each of the two processes reads only its half of every batch: together about what one process reads
+    # (plus one index read and listing per process).
+    assert one > 0 and two <= 1.25 * one + 10, (one, two)
