@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "export": ("exif_jax.export.cli", "cli_main", "checkpoint -> transformers SiglipModel dir / timm .npz"),
     "import-official": ("exif_jax.export.official", "cli_main",
                         "the paper's released PyTorch weights -> an exif-jax checkpoint + config"),
+    "package": ("exif_jax.packaging", "cli_main", "a training run -> a packaged model folder (small, bfloat16)"),
 }
 
 

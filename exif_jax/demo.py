@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from exif_jax import exif
+from exif_jax.camera_split import link_folder, split_cameras
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 PHOTOS = ASSETS / "photos"
@@ -43,8 +44,7 @@ class Stages:
 
 
 def split_bundled(out: Path) -> dict:
-    """Camera-disjoint split of the bundled photos (the experiment's split function, its own salt)."""
-    from exif_jax.experiment import link_folder, split_cameras
+    """Camera-disjoint split of the bundled photos (the camera-held-out study's split, its own salt)."""
     rows = []
     for p in sorted(PHOTOS.glob("*.jpg")):
         tags = exif.read_tags(p)

@@ -9,6 +9,13 @@ REPO = Path(__file__).parents[1]
 BUNDLED_PHOTOS = REPO / "exif_jax" / "assets" / "photos"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that needs the trained_workdir fixture waits for a real training run: slow (pytest.ini)."""
+    for item in items:
+        if "trained_workdir" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def bundled_records(tmp_path_factory) -> str:
     """Directory of ArrayRecord shards made by `exif-jax build-data` from exif_jax/assets/photos."""

@@ -353,6 +353,7 @@ def test_mixing_builds_is_refused(tmp_path):
         build.build_dataset(items, str(out), settings(), records_per_shard=3, workers=1, progress=False)
 
 
+@pytest.mark.subprocess
 def test_resume_after_sigkill(tmp_path):
     """Kill a real build (CLI subprocess) while it is stuck on a FIFO mid-way, then finish it."""
     src, out = tmp_path / "src", tmp_path / "out"

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+pytestmark = pytest.mark.torch
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 

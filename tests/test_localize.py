@@ -130,6 +130,7 @@ def _pixel_probe(patch: int):
     return PatchEmbedder(lambda params, x: x.reshape(x.shape[0], -1).astype(np.float32), {}, patch, "probe")
 
 
+@pytest.mark.torch
 def test_paper_color_bug_feeds_the_papers_pixels():
     from exif_jax.eval.patches import with_paper_color_bug
 

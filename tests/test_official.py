@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+pytestmark = pytest.mark.torch
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 

@@ -297,6 +297,7 @@ def test_bad_inputs_give_clear_errors(tmp_path, data_dir):
         crops_lib.decode_rgb(b"\xff\xd8 not really a jpeg", "/photos/broken.jpg")
 
 
+@pytest.mark.subprocess
 def test_worker_processes_real_tokenizer_and_restore(data_dir, tmp_path):
     tokenizer = pytest.importorskip("exif_jax.tokenizer")
     paths = source_order(data_dir)

@@ -144,6 +144,7 @@ def initial_state(trainer) -> dict:
     return state
 
 
+@pytest.mark.slow
 def test_every_knob_at_once_gives_the_default_train_step_on_8_devices():
     """The real train step (exif_jax.train, sharded data=4 x fsdp=2 over 8 fake devices) with every knob changed at
     once (einsum attention, remat "dots"/"full", f32 norms, the ring loss) gives the default's loss, gradient norm
