@@ -1,7 +1,6 @@
 """The towers: shapes and norms, parameter counts and paths, padding masks, BatchNorm modes, precision, FLOPs."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import jax
@@ -13,7 +12,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from exif_jax.config import resolve
+from exif_jax.config import config_file, resolve
 from exif_jax.models import resnet, text, towers, vit
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,10 +21,7 @@ VOCAB = 50
 
 def tiny_config():
     """configs/tiny.py, the schema every module shares."""
-    spec = importlib.util.spec_from_file_location("configs_tiny", REPO / "configs" / "tiny.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config()
+    return config_file(str(REPO / "configs" / "tiny.py"))
 
 
 def images(n: int, size: int = 32, seed: int = 0) -> jax.Array:

@@ -201,8 +201,8 @@ def write_report(workdir: str, split_path: str, out: str, n_heatmaps: int = 4) -
     L = ["# Camera-held-out experiment", "",
          "Train the two towers on photos from some camera models, then test everything (splice localization, "
          "linear probes, crop->EXIF retrieval) on photos from camera models training never saw. This file is "
-         "written by `python -m experiments.camera_heldout.experiment report`; every number below is read from the JSON outputs "
-         "listed with it (copies in this folder).", "",
+         "written by `python -m experiments.camera_heldout.experiment report`; every number below is read from "
+         "the JSON outputs "         "listed with it (copies in this folder).", "",
          "## Split", "",
          f"- Source: `../shared/data/photos` ({split['n_photos']['train'] + split['n_photos']['test']} photos, "
          f"{split['n_cameras']['train'] + split['n_cameras']['test']} camera models).",
@@ -274,10 +274,12 @@ def write_report(workdir: str, split_path: str, out: str, n_heatmaps: int = 4) -
     (o / "bootstrap_ci.json").write_text(json.dumps(cis, indent=1) + "\n", encoding="utf-8")
     L += reading(evals, cis, probes, retr, split, summary) + [""]
     L += ["## Reproduce", "", "From the repo root (the stage commands as they ran, from `timings.json`; "
-          "wrap each in `python -m experiments.camera_heldout.experiment stage --timings W/timings.json --name N --` to time it):",
+          "wrap each in `python -m experiments.camera_heldout.experiment stage --timings W/timings.json --name N --` "
+          "to time it):",
           "", "```"]
     L += ["export JAX_PLATFORMS=cpu"] + [respell(s["cmd"]) for s in timings["stages"]]
-    L += [f"python -m experiments.camera_heldout.experiment report --workdir {workdir} --split {split_path} --out {out}", "```", ""]
+    L += [f"python -m experiments.camera_heldout.experiment report --workdir {workdir} --split {split_path} "
+          f"--out {out}", "```", ""]
     text = "\n".join(L)
     (o / "README.md").write_text(text, encoding="utf-8")
     return text
