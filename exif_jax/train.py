@@ -34,7 +34,7 @@ import ml_collections
 import optax
 
 from exif_jax import checkpoint, metrics_writer, sharding
-from exif_jax.config import apply_overrides, load_config  # noqa: F401  (re-exported: train.load_config)
+from exif_jax.config import load_config
 from exif_jax.metrics_writer import log
 from exif_jax.train_loop import Hooks, LossHook, TrainingAborted, train_loop
 

@@ -50,6 +50,14 @@ def _interp(length: int, cells: int, stride: int) -> np.ndarray:
     return m
 
 
+def cells_to_pixels(cell_map: np.ndarray, grid: Grid) -> np.ndarray:
+    """A cell map [gh, gw] at pixel resolution [H, W], on the host (numpy): a jitted version recompiles for every
+    photo size."""
+    gh, gw = grid.cells
+    wh, ww = _interp(grid.height, gh, grid.stride), _interp(grid.width, gw, grid.stride)
+    return wh @ np.asarray(cell_map, np.float32) @ ww.T
+
+
 def localize_image(image: np.ndarray, embedder: PatchEmbedder, *, consensus: str = "meanshift",
                    stride: int | None = None, num_per_dim: int = NUM_PER_DIM, batch: int = 256,
                    mesh: Any = None, window: float = 10.0, iters: int = 5) -> Localization:
@@ -68,9 +76,7 @@ def localize_image(image: np.ndarray, embedder: PatchEmbedder, *, consensus: str
     # The consensus is small next to the embedding: run it on one device, unsharded.
     emb = jax.device_put(emb, jax.devices()[0])
     out = jax.device_get(cons.consensus(emb, grid, embedder.standardize, float(window), int(iters)))
-    # Cells -> pixels on the host (numpy): a jitted version recompiles for every photo size.
-    wh, ww = _interp(grid.height, gh, grid.stride), _interp(grid.width, gw, grid.stride)
-    up = lambda c: wh @ np.asarray(c, np.float32) @ ww.T  # noqa: E731  [gh, gw] -> [H, W]
+    up = functools.partial(cells_to_pixels, grid=grid)
     pca = np.stack([up(out["pca"][..., k]) for k in range(3)], -1)
     lo, hi = np.percentile(pca, 0.5), np.percentile(pca, 99.5)  # the paper's display range
     maps = dict(meanshift=up(out["meanshift"]), ncut=up(out["ncut"]), ncut_labels=up(out["ncut_labels"]) >= 0.5,
