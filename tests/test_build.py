@@ -103,6 +103,7 @@ def check_consistent(out: Path, summary: dict, src_of=lambda path: Path(path)) -
     return recs
 
 
+@pytest.mark.slow
 def test_bundled_round_trip(tmp_path):
     out = tmp_path / "out"
     items, pre = build.items_from_folder(str(PHOTOS))
@@ -175,6 +176,7 @@ def test_photos_the_rewrite_cannot_take_are_counted(tmp_path, monkeypatch):
 
 
 @pytest.mark.skipif(not (SHARED / "photos").is_dir(), reason=f"shared data not found at {SHARED}")
+@pytest.mark.slow
 def test_shared_photos_round_trip(tmp_path):
     index = [json.loads(ln) for ln in (SHARED / "photos" / "index.jsonl").read_text().splitlines() if ln]
     out = tmp_path / "out"

@@ -62,6 +62,7 @@ def param_paths(module: nnx.Module) -> dict[str, tuple[int, ...]]:
 @pytest.mark.parametrize("kind,pool,text_pool,causal", [
     ("vit", "avg", "mean", False), ("vit", "map", "last", False), ("vit", "cls", "eos", True),
     ("resnet", "avg", "mean", False)])
+@pytest.mark.slow
 def test_embeddings_have_shape_and_unit_norm(kind, pool, text_pool, causal):
     c = tiny_config()
     c.model.image.update(kind=kind, pool=pool)
@@ -79,6 +80,7 @@ def test_embeddings_have_shape_and_unit_norm(kind, pool, text_pool, causal):
     assert float(jnp.abs(img[0] - img[1]).max()) > 1e-3 and float(jnp.abs(txt[0] - txt[1]).max()) > 1e-3
 
 
+@pytest.mark.slow
 def test_vit_b16_and_resnet50_parameter_counts():
     v = nnx.eval_shape(lambda: vit.VisionTransformer(image_size=224, **vit.decode_variant("B/16"), rngs=nnx.Rngs(0)))
     # timm vit_base_patch16_224(num_classes=0): 85,798,656, which has a cls token and its position (2 x 768).
@@ -133,6 +135,7 @@ def test_siglip_layout_is_expressible():
 
 
 @pytest.mark.parametrize("pool,causal", [("eos", False), ("mean", False), ("eos", True)])
+@pytest.mark.slow
 def test_text_embedding_ignores_extra_padding(pool, causal):
     tower = text.TextTransformer(vocab_size=VOCAB, max_len=32, width=32, depth=2, heads=2, mlp_dim=64,
                                  pool=pool, causal=causal, num_classes=16, dtype=jnp.float32, rngs=nnx.Rngs(1))
@@ -144,6 +147,7 @@ def test_text_embedding_ignores_extra_padding(pool, causal):
         assert float(jnp.abs(run(tower, short) - run(tower, long)).max()) > 1e-3
 
 
+@pytest.mark.slow
 def test_text_eos_pool_reads_the_first_eos_and_falls_back_to_the_last_token():
     tower = text.TextTransformer(vocab_size=VOCAB, max_len=32, width=32, depth=2, heads=2, mlp_dim=64,
                                  pool="eos", causal=True, dtype=jnp.float32, rngs=nnx.Rngs(2))
@@ -161,6 +165,7 @@ def _tiny_resnet(**kw) -> resnet.ResNet:
     return resnet.ResNet(variant="tiny", width=8, dtype=jnp.float32, rngs=nnx.Rngs(3), **kw)
 
 
+@pytest.mark.slow
 def test_batchnorm_train_eval_and_frozen_modes():
     x = images(8)
     model = _tiny_resnet()
@@ -182,6 +187,7 @@ def test_batchnorm_train_eval_and_frozen_modes():
     np.testing.assert_allclose(run(frozen, x), y_frozen, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_batchnorm_statistics_cover_the_global_sharded_batch():
     assert jax.device_count() == 8, "run with XLA_FLAGS=--xla_force_host_platform_device_count=8"
     mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
@@ -207,6 +213,7 @@ def test_batchnorm_statistics_cover_the_global_sharded_batch():
     assert np.abs(got - shard0).max() > 1e-2
 
 
+@pytest.mark.slow
 def test_bf16_compute_is_close_to_f32():
     c = tiny_config()
     outs = {}
@@ -221,6 +228,7 @@ def test_bf16_compute_is_close_to_f32():
         assert float(jnp.abs(a - b).max()) < 0.05
 
 
+@pytest.mark.slow
 def test_temperature_clip_and_fixed_scale():
     c = tiny_config()
     c.model.update(logit_scale_init=1000.0, logit_scale_max=100.0)
@@ -241,6 +249,7 @@ def test_temperature_clip_and_fixed_scale():
     assert float(towers.create_model(c, VOCAB, nnx.Rngs(0)).logit_bias()) == -10.0
 
 
+@pytest.mark.slow
 def test_a_gradient_step_reduces_a_contrastive_loss():
     c = tiny_config()
     c.model.image.depth = c.model.text.depth = 1
@@ -267,6 +276,7 @@ def test_a_gradient_step_reduces_a_contrastive_loss():
     assert float(nnx.jit(loss_fn)(model)) < losses[0] - 0.1, losses
 
 
+@pytest.mark.slow
 def test_flops_per_example_matches_xla_for_b16_plus_text():
     c = tiny_config()
     c.data.crop_size = 128

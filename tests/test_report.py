@@ -105,6 +105,7 @@ def _md_cells(md: str) -> list[list[str]]:
             if line.startswith("| ")]
 
 
+@pytest.mark.slow
 def test_eval_report_files_and_numbers(eval_out, tiny_workdir):
     report = json.loads((eval_out / "metrics.json").read_text())
     html = eval_out / "report.html"
@@ -135,6 +136,7 @@ def test_eval_report_files_and_numbers(eval_out, tiny_workdir):
         assert f'data-v="{ap}"' in text, ap
 
 
+@pytest.mark.slow
 def test_localize_folder_report(localize_out):
     html = localize_out / "report.html"
     page = _parse(html)

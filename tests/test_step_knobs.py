@@ -15,6 +15,8 @@ from exif_jax.eval.embedders import random_init_model
 from exif_jax.models import towers
 
 # f32 on the CPU: the variants reorder the same float operations, nothing more.
+# Every test here compiles towers or a sharded train step (seconds to a minute each on 2 cores).
+pytestmark = pytest.mark.slow
 RTOL, ATOL = 2e-5, 1e-6
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
@@ -144,7 +146,6 @@ def initial_state(trainer) -> dict:
     return state
 
 
-@pytest.mark.slow
 def test_every_knob_at_once_gives_the_default_train_step_on_8_devices():
     """The real train step (exif_jax.train, sharded data=4 x fsdp=2 over 8 fake devices) with every knob changed at
     once (einsum attention, remat "dots"/"full", f32 norms, the ring loss) gives the default's loss, gradient norm
