@@ -197,7 +197,6 @@ def interp_matrix(length: int, cells: int, stride: int) -> np.ndarray:
     return m
 
 
-@functools.partial(jax.jit, static_argnames=("grid",))
 @contextlib.contextmanager
 def single_threaded_lapack() -> Iterator[None]:
     """BLAS/LAPACK (which XLA's CPU eigh calls) on one thread for the duration. Its default spin-waiting
