@@ -5,6 +5,8 @@ import argparse
 import importlib
 import sys
 
+from exif_jax.cli_args import HelpFormatter
+
 # name -> (module, function, help). The module defines `add_args(parser)`; the function takes the
 # parsed argparse.Namespace and returns an exit code.
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -29,8 +31,6 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 def add_command(sub: argparse._SubParsersAction, name: str) -> tuple[argparse.ArgumentParser, object]:
     """Import command `name`'s module (only it: jax and friends are slow to import) and add its parser, flags
     included; returns (parser, module)."""
-    from exif_jax.cli_args import HelpFormatter
-
     mod_name, _, help_ = COMMANDS[name]
     mod = importlib.import_module(mod_name)
     p = sub.add_parser(name, help=help_, description=f"exif-jax {name}: {help_}.", formatter_class=HelpFormatter)
