@@ -85,7 +85,7 @@ def commands(lines: list[str], prog: str) -> list[list[str]]:
     out = []
     for line in lines:
         line = re.sub(r"\"[^\"]*\"|'[^']*'", "STR", line.split(" # ")[0])
-        for m in re.finditer(rf"(?<![\w/.-]){re.escape(prog)}(?=\s)", line):
+        for m in re.finditer(rf"(?<![\w/.-])(?:[\w./]*/bin/)?{re.escape(prog)}(?=\s)", line):
             words = line[m.end():].split()
             cut = next((i for i, w in enumerate(words) if w in ("|", "&&", ";", "||") or w.startswith("#")),
                        len(words))

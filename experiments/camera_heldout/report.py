@@ -26,9 +26,10 @@ PAPER_TRAIN_PHOTOS = 1_500_000
 PAPER_COLUMBIA_PMAP = 0.94
 PAPER_CROP = 124
 EVAL_COPIES = (("png", "eval_png", "lossless PNG"), ("jpeg_q90", "eval_jpeg_q90", "recompressed at JPEG quality 90"))
-# Old spelling -> today's, for the stage commands timings.json recorded (first match wins).
+# Old spelling -> today's, for the stage commands timings.json recorded (applied in order).
 RESPELLED = (("python -m exif_jax.experiment package", "exif-jax package"),
-             ("python -m exif_jax.experiment", "python -m experiments.camera_heldout.experiment"))
+             ("python -m exif_jax.experiment", "python -m experiments.camera_heldout.experiment"),
+             (" --quiet", " --no-progress"))
 LOC_COLS = (("ap", "p-mAP"), ("ciou", "cIoU"), ("mcc", "MCC"), ("f1", "F1"), ("ciou@0.5", "cIoU@0.5"),
             ("mcc@0.5", "MCC@0.5"), ("f1@0.5", "F1@0.5"))
 
@@ -273,7 +274,7 @@ def write_report(workdir: str, split_path: str, out: str, n_heatmaps: int = 4) -
             cis[k]["learned-classical"] = diff
     (o / "bootstrap_ci.json").write_text(json.dumps(cis, indent=1) + "\n", encoding="utf-8")
     L += reading(evals, cis, probes, retr, split, summary) + [""]
-    L += ["## Reproduce", "", "From the repo root (the stage commands as they ran, from `timings.json`; "
+    L += ["## Reproduce", "", "From the repo root (the stage commands as they ran, from `timings.json`, in today's spelling; "
           "wrap each in `python -m experiments.camera_heldout.experiment stage --timings W/timings.json --name N --` "
           "to time it):",
           "", "```"]
@@ -288,8 +289,7 @@ def write_report(workdir: str, split_path: str, out: str, n_heatmaps: int = 4) -
 def respell(cmd: str) -> str:
     """A recorded stage command in today's spelling."""
     for old, new in RESPELLED:
-        if old in cmd:
-            return cmd.replace(old, new)
+        cmd = cmd.replace(old, new)
     return cmd
 
 
