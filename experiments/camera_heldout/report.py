@@ -274,7 +274,8 @@ def write_report(workdir: str, split_path: str, out: str, n_heatmaps: int = 4) -
             cis[k]["learned-classical"] = diff
     (o / "bootstrap_ci.json").write_text(json.dumps(cis, indent=1) + "\n", encoding="utf-8")
     L += reading(evals, cis, probes, retr, split, summary) + [""]
-    L += ["## Reproduce", "", "From the repo root (the stage commands as they ran, from `timings.json`, in today's spelling; "
+    L += ["## Reproduce", "", "From the repo root (the stage commands as they ran, from `timings.json`, in today's "
+          "spelling; "
           "wrap each in `python -m experiments.camera_heldout.experiment stage --timings W/timings.json --name N --` "
           "to time it):",
           "", "```"]
