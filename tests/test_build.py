@@ -305,6 +305,7 @@ def test_unreadable_paths_in_list(tmp_path):
 
 
 @pytest.mark.skipif(not (SHARED / "exif_edge").is_dir(), reason=f"shared data not found at {SHARED}")
+@pytest.mark.slow
 def test_exif_edge_never_crashes(tmp_path):
     edge = SHARED / "exif_edge"
     files = sorted(str(p) for p in edge.iterdir())

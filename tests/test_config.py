@@ -109,6 +109,7 @@ def test_upgrade_reads_the_old_boolean_remat_as_a_policy_and_fills_the_speed_kno
         towers.create_model(c, 100, nnx.Rngs(0))
 
 
+@pytest.mark.slow
 def test_the_built_tower_is_the_one_config_json_records():
     """The bug this schema fixes: a variant silently beating explicit sizes in the tower builder."""
     from flax import nnx

@@ -113,6 +113,7 @@ def test_resnet50_paths_map_to_torchvision_names():
     assert "layer1.3.conv1.weight" not in torch and "layer3.6.conv1.weight" not in torch
 
 
+@pytest.mark.slow
 def test_siglip_layout_is_expressible():
     c = tiny_config()
     c.loss.kind = "sigmoid"
