@@ -19,6 +19,11 @@ venv: $(STAMP)
 test: $(STAMP)
 	$(TEST_ENV) $(PY) -m pytest -q -ra tests
 
+# The unit tier (markers in pytest.ini): what to run while editing; `make test` stays the full suite and CI.
+FAST := not slow and not subprocess and not torch and not browser
+test-fast: $(STAMP)
+	$(TEST_ENV) $(PY) -m pytest -q -ra -m "$(FAST)" tests
+
 # ruff.toml holds the rules; .ci/run runs this before the tests.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

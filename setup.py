@@ -1,5 +1,5 @@
 """exif-jax: EXIF as Language (Zheng, Owens, Shrivastava, CVPR 2023) in JAX/Flax NNX."""
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 # Exact pins: the set that resolved together on 2026-11-26 (Python 3.11), `pip check` clean.
 INSTALL_REQUIRES = [
@@ -34,9 +34,11 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=find_packages(include=["exif_jax", "exif_jax.*"]),
-    package_data={"exif_jax": ["assets/**/*", "assets/*"]},
-    include_package_data=True,
+    # The asset folders (default model, tokenizer, photos) are data-only packages: listed as namespace packages,
+    # each with all its files, so setuptools neither drops them nor warns that they would be ignored.
+    packages=find_namespace_packages(include=["exif_jax", "exif_jax.*"], exclude=["*.__pycache__"]),
+    package_dir={"": "."},  # flat layout said outright: `pip install -e .` is then a plain .pth, no notices
+    package_data={f"exif_jax.assets.{d}": ["*"] for d in ("default_model", "photos", "tokenizer")},
     install_requires=INSTALL_REQUIRES,
     extras_require={
         "torch": ["torch==2.13.0", "transformers==5.24.0", "safetensors==0.8.0"],

@@ -169,16 +169,18 @@ def main() -> int:
     head = "| k | source | crops / loader CPU-s | crops / wall-s | requests / crop | KB / crop | bytes / covered MCUs |"
     lines = [head, "|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
+        extra = " | ".join(str(r.get(f, "")) for f in ("requests_per_crop", "kb_per_crop", "bytes_vs_covered"))
         lines.append(f"| {r['k']} | {r['source']} | {r['crops_per_cpu_s']:,.0f} | {r['crops_per_wall_s']:,.0f} | "
-                     f"{r.get('requests_per_crop', '')} | {r.get('kb_per_crop', '')} | {r.get('bytes_vs_covered', '')} |")
+                     f"{extra} |")
     ratios = []
     for k in ks:
         by = {r["source"]: r for r in rows if r["k"] == k}
         loc, old = by["local, layout 3"], by["local, layout 2 (peer)"]
         far = by.get(f"s3 + {lat[-1] * 1e3:.0f} ms")
         zero = by.get(f"s3 + {lat[0] * 1e3:.0f} ms")
-        ratios.append(f"k={k}: layout 3 / layout 2 (local CPU) {loc['crops_per_cpu_s'] / old['crops_per_cpu_s']:.2f}; "
-                      f"s3 + {lat[-1] * 1e3:.0f} ms / local (CPU) {far['crops_per_cpu_s'] / loc['crops_per_cpu_s']:.2f}; "
+        cpu = {name: r["crops_per_cpu_s"] for name, r in (("new", loc), ("old", old), ("far", far))}
+        ratios.append(f"k={k}: layout 3 / layout 2 (local CPU) {cpu['new'] / cpu['old']:.2f}; "
+                      f"s3 + {lat[-1] * 1e3:.0f} ms / local (CPU) {cpu['far'] / cpu['new']:.2f}; "
                       f"wall at {lat[-1] * 1e3:.0f} ms / at {lat[0] * 1e3:.0f} ms "
                       f"{far['crops_per_wall_s'] / zero['crops_per_wall_s']:.2f}")
     text = "\n".join(lines + [""] + ratios)

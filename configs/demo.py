@@ -24,7 +24,6 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.embed_dim = 64
     c.model.logit_scale_max = float("inf")
     c.model.dtype = "float32"           # CPU: bf16 is emulated and slower
-    c.loss.kind = "infonce"
     c.optim.update(dict(lr=2e-3, warmup_steps=20))
-    c.train.update(dict(steps=600, log_every=50, ckpt_every=200, keep=1))
+    c.train.update(dict(steps=600, ckpt_every=200, keep=1))
     return c

@@ -41,27 +41,22 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 def get_config() -> ml_collections.ConfigDict:
     c = schema.base_config()
     c.exif.tags = OFFICIAL_TAGS
-    c.exif.style = "official"
-    c.exif.max_value_len = 40  # the official rules keep values under 20 characters, units aside
+    c.exif.style = "official"  # the schema's max_value_len 40 stays: the official rules keep values under 20
 
-    # distilbert-base-uncased's WordPiece; the trainer padded to 512 (`padding="max_length"`) and cut there.
+    # distilbert-base-uncased's WordPiece (lowercased: the schema's); the trainer padded to 512 and cut there.
+    # tokenizer.model (vocab.txt) is set by the importer: a copy beside the checkpoint.
     c.tokenizer.kind = "wordpiece"
-    c.tokenizer.model = ""  # vocab.txt path: set by the importer (a copy beside the checkpoint)
-    c.tokenizer.lowercase = True
     c.tokenizer.max_len = 512
 
     c.data.crop_size = 124  # splice_evaluator.py --patch_size 124 (train.py's own default says 224)
 
     m = c.model
     m.embed_dim = 768
-    m.image.update(dict(kind="resnet", variant="50", width=64, pool="avg", mean=CLIP_MEAN, std=CLIP_STD,
-                        head="linear", head_bias=True))  # fc: Linear(2048, 768)
-    m.text.update(dict(kind="distilbert", width=768, depth=6, heads=12, mlp_dim=3072, vocab_size=30522,
-                       pad_id=0, eos_id=102,  # [PAD], [SEP] in distilbert-base-uncased
-                       pool="mean", mask_pad=True, causal=False, head="none", head_bias=True))
+    m.image.update(dict(kind="resnet", variant="50", width=64, mean=CLIP_MEAN, std=CLIP_STD))  # fc: 2048 -> 768
+    m.text.update(dict(kind="distilbert", width=768, heads=12, mlp_dim=3072, vocab_size=30522,
+                       eos_id=102,  # [SEP] in distilbert-base-uncased ([PAD] 0: the schema's pad_id)
+                       head="none"))  # 6 layers, masked mean pool, bidirectional: the schema's
     m.learn_logit_scale = False
     m.logit_scale_init = 100.0           # exp(CLIP's trained logit_scale); the importer reads the file's
-    m.logit_scale_max = 100.0
     m.dtype = "float32"                  # the released towers ran in f32 (CLIP's fp16 cast preceded them)
-    m.param_dtype = "float32"
     return c

@@ -14,7 +14,7 @@ Data: `exif-jax build-data --yfcc-exif yfcc_exif.tsv --yfcc-images DIR --out DAT
 Run:
   exif-jax train --config configs/resnet50_paper.py --workdir runs/rn50 --config.data.train_dir=DATA
 Gives: the paper-shaped towers in runs/rn50/ckpt (every 2,000 steps, keep 3), TensorBoard in runs/rn50/tb.
-For scale: the paper's own PyTorch setup ran at 282 img/s on one H200 (notes/performance.md), ~74 hours.
+For scale: the paper's own PyTorch setup ran at 282 img/s on one H200 (docs/paper_scale.md), ~74 hours.
 """
 import ml_collections
 
@@ -23,34 +23,21 @@ from exif_jax import schema
 
 def get_config() -> ml_collections.ConfigDict:
     c = schema.base_config()
-    c.tokenizer.max_len = 64
-
     c.data.crop_size = 124
-    c.data.crops_per_image = 1
-    c.data.global_batch_size = 1024
-    c.data.worker_count = 8          # region decodes, ~1,200 crops per core-second at k=1 (README section 4)
+    c.data.worker_count = 8          # region decodes, ~1,200 crops per core-second at k=1 (docs/camera_resolution.md)
     c.data.prefetch_buffer = 4
 
     m = c.model
     m.image.kind = "resnet"
-    m.image.variant = "50"
-    m.image.head = "linear"          # fc: Linear(2048, 768)
+    m.image.variant = "50"           # fc (the schema's linear head): Linear(2048, 768)
     m.image.mean = (0.48145466, 0.4578275, 0.40821073)   # the paper's (CLIP's) normalization
     m.image.std = (0.26862954, 0.26130258, 0.27577711)
-    m.text.update(dict(width=768, depth=6, heads=12, mlp_dim=3072, pool="mean", head="none"))
+    m.text.update(dict(width=768, heads=12, mlp_dim=3072, head="none"))  # 6 layers, mean pool: the schema's
     m.embed_dim = 768
     m.learn_logit_scale = False
     m.logit_scale_init = 100.0
-    m.logit_scale_max = 100.0
-    m.dtype = "bfloat16"
-    m.param_dtype = "float32"
-
-    c.loss.kind = "infonce"
-    c.loss.impl = "all_gather"
-    c.mesh.update(dict(data=-1, fsdp=1, tensor=1))
 
     steps_per_epoch = 1_500_000 // 1024
-    c.optim.update(dict(lr=1e-4, warmup_steps=5 * steps_per_epoch, weight_decay=1e-4, clip_norm=1.0,
-                        b1=0.9, b2=0.98, eps=1e-6, grad_accum=1, end_lr=1e-7))
-    c.train.update(dict(steps=50 * steps_per_epoch, log_every=50, ckpt_every=2_000, keep=3, max_nan_skips=20))
+    c.optim.update(dict(lr=1e-4, warmup_steps=5 * steps_per_epoch, weight_decay=1e-4, eps=1e-6, end_lr=1e-7))
+    c.train.update(dict(steps=50 * steps_per_epoch, ckpt_every=2_000, max_nan_skips=20))
     return c

@@ -12,15 +12,12 @@ from exif_jax import schema
 
 def get_config() -> ml_collections.ConfigDict:
     c = schema.base_config()
-    c.tokenizer.max_len = 64
     c.data.crop_size = 32
     c.data.crops_per_image = 2
     c.data.global_batch_size = 16
-    c.data.worker_count = 0
     c.model.image.update(dict(width=64, depth=2, heads=4, mlp_dim=128, patch=8))
     c.model.text.update(dict(width=64, depth=2, heads=4, mlp_dim=128))
     c.model.embed_dim = 32
     c.optim.update(dict(lr=1e-3, warmup_steps=2))
     c.train.update(dict(steps=10, log_every=1, ckpt_every=5, keep=2, max_nan_skips=3))
-
     return c

@@ -11,6 +11,7 @@ import tempfile
 from collections.abc import Iterator
 
 from exif_jax import storage
+from exif_jax.cli_args import HelpFormatter
 
 # name -> (module, function, help). The module defines `add_args(parser)`; the function takes the
 # parsed argparse.Namespace and returns an exit code.
@@ -29,14 +30,13 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "export": ("exif_jax.export.cli", "cli_main", "checkpoint -> transformers SiglipModel dir / timm .npz"),
     "import-official": ("exif_jax.export.official", "cli_main",
                         "the paper's released PyTorch weights -> an exif-jax checkpoint + config"),
+    "package": ("exif_jax.packaging", "cli_main", "a training run -> a packaged model folder (small, bfloat16)"),
 }
 
 
 def add_command(sub: argparse._SubParsersAction, name: str) -> tuple[argparse.ArgumentParser, object]:
     """Import command `name`'s module (only it: jax and friends are slow to import) and add its parser, flags
     included; returns (parser, module)."""
-    from exif_jax.cli_args import HelpFormatter
-
     mod_name, _, help_ = COMMANDS[name]
     mod = importlib.import_module(mod_name)
     p = sub.add_parser(name, help=help_, description=f"exif-jax {name}: {help_}.", formatter_class=HelpFormatter)

@@ -16,6 +16,7 @@ from typing import Any
 
 import ml_collections
 
+from exif_jax.models import vit
 from exif_jax.schema import SCHEMA_VERSION, base_config
 
 VIT_SIZES = ("width", "depth", "heads", "mlp_dim", "patch")
@@ -43,8 +44,6 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
 def resolve(config: ml_collections.ConfigDict, source: str = "config") -> ml_collections.ConfigDict:
     """Fill model.image's sizes from its variant (an explicit size wins over the variant's) and check that
     nothing is left unset; returns the config (changed in place)."""
-    from exif_jax.models import vit
-
     img = config.model.image
     if img.kind == "vit":
         preset = vit.decode_variant(img.variant)
@@ -118,8 +117,6 @@ def upgrade(raw: Mapping[str, Any], source: str = "config.json") -> ml_collectio
     config = base_config()
     _overlay(config, raw, source, ())
     if version == 1 and config.model.image.kind == "vit" and config.model.image.variant not in ("", "tiny"):
-        from exif_jax.models import vit
-
         config.model.image.update(vit.decode_variant(config.model.image.variant))
     return resolve(config, source)
 

@@ -15,9 +15,22 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 
-from exif_jax import exif
+from exif_jax import exif, sharding
+from exif_jax import train as train_lib
+from exif_jax import workdir as workdir_lib
+from exif_jax.camera_split import link_folder, split_cameras
+from exif_jax.config import load_config
+from exif_jax.data import build as build_lib
+from exif_jax.data import pipeline
+from exif_jax.data.crops import read_rgb
+from exif_jax.eval import evaluate as ev
+from exif_jax.eval.splices import make_splices
+from exif_jax.export import cli as export_cli
+from exif_jax.export.parity import hf_parity
+from exif_jax.tokenizer import make_tokenizer
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 PHOTOS = ASSETS / "photos"
@@ -43,8 +56,7 @@ class Stages:
 
 
 def split_bundled(out: Path) -> dict:
-    """Camera-disjoint split of the bundled photos (the experiment's split function, its own salt)."""
-    from exif_jax.experiment import link_folder, split_cameras
+    """Camera-disjoint split of the bundled photos (the camera-held-out study's split, its own salt)."""
     rows = []
     for p in sorted(PHOTOS.glob("*.jpg")):
         tags = exif.read_tags(p)
@@ -62,7 +74,6 @@ def split_bundled(out: Path) -> dict:
 
 def build(photos: Path, data_dir: Path) -> None:
     """Photos -> ArrayRecord shards (original bytes, EXIF text, camera) + summary.json."""
-    from exif_jax.data import build as build_lib
     items, skipped = build_lib.items_from_folder(str(photos))
     settings = build_lib.Settings(tag_order=tuple(exif.DEFAULT_TAGS), min_size=128)
     s = build_lib.build_dataset(items, str(data_dir), settings, records_per_shard=4, workers=2,
@@ -73,11 +84,6 @@ def build(photos: Path, data_dir: Path) -> None:
 
 def batch_summary(config) -> None:
     """One global batch from the grain pipeline, sharded over the devices."""
-    import jax
-
-    from exif_jax import sharding
-    from exif_jax.data import pipeline
-    from exif_jax.tokenizer import make_tokenizer
     tok = make_tokenizer(config)
     it = pipeline.make_global_iterator(config, tok, sharding.make_mesh(config.mesh), seed=config.seed)
     batch = next(it)
@@ -92,7 +98,6 @@ def batch_summary(config) -> None:
 
 def train(workdir: Path, data_dir: Path, steps: int) -> dict:
     """Train the demo config; returns first/last logged metrics."""
-    from exif_jax import train as train_lib
     rc = train_lib.main(str(DEMO_CONFIG), str(workdir),
                         [f"data.train_dir={data_dir}", f"train.steps={steps}"], distributed="off")
     if rc:
@@ -107,25 +112,18 @@ def train(workdir: Path, data_dir: Path, steps: int) -> dict:
 
 def splices(photos: Path, out: Path, n: int) -> None:
     """A Columbia-style benchmark from the held-out cameras only."""
-    from exif_jax.eval.splices import make_splices
     s = make_splices(photos, out, n, seed=0, size=(256, 256), progress=False)
     print(f"    {json.dumps({k: v for k, v in s.items() if isinstance(v, (int, float, str))})[:200]} -> {out}")
 
 
 def evaluate(bench: Path, workdir: Path, out: Path) -> dict:
     """Learned vs classical vs random on the benchmark, same harness (the checkpoint's crop size)."""
-    from exif_jax.eval import evaluate as ev
     return ev.run(f"folder:{bench}", str(out), checkpoint=str(workdir), all_methods=True,
                   progress=False)  # prints the table
 
 
 def export_and_check(workdir: Path, out: Path) -> dict:
     """Export to transformers, reload with SiglipModel, compare embeddings on real crops and EXIF texts."""
-    from exif_jax import workdir as workdir_lib
-    from exif_jax.data import pipeline
-    from exif_jax.data.crops import read_rgb
-    from exif_jax.export import cli as export_cli
-    from exif_jax.export.parity import hf_parity
     export_cli.export(str(workdir), str(out), "hf")
     model, config, _ = workdir_lib.load_model(str(workdir))
     rng = np.random.default_rng(0)
@@ -153,7 +151,6 @@ def main(argv: list[str] | None = None) -> int:
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    from exif_jax.config import load_config
     config = load_config(str(DEMO_CONFIG))
     steps, n_splices = (60, 4) if args.quick else (int(config.train.steps), 24)
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from tensorboardX import SummaryWriter
 
 # Dense bf16 peak FLOP/s per *jax device* (a TPU v2/v3 device is one core, half a chip; later TPUs
 # and GPUs are one chip). First substring match of the lower-cased device_kind wins, so the more
@@ -67,8 +68,6 @@ class MetricsWriter:
         self._tb = None
         self._jsonl = None
         if enabled:
-            from tensorboardX import SummaryWriter
-
             os.makedirs(workdir, exist_ok=True)
             self._tb = SummaryWriter(os.path.join(workdir, "tb"))
             self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)

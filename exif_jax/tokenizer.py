@@ -11,7 +11,10 @@ from typing import Any
 import numpy as np
 import sentencepiece as spm
 
-from exif_jax import storage
+from exif_jax import cli_args, exif, storage
+from exif_jax.config import load_config
+from exif_jax.data.reader import read_records
+from exif_jax.wordpiece import WordPiece
 
 BUNDLED_MODEL = Path(__file__).resolve().parent / "assets" / "tokenizer" / "exif_sp.model"
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
@@ -27,7 +30,6 @@ def train_tokenizer(texts: Iterable[str], out_prefix: str, vocab_size: int = 100
                     tag_names: Sequence[str] | None = None) -> str:
     """Train a BPE SentencePiece model on EXIF texts; returns the `.model` path."""
     if tag_names is None:
-        from exif_jax import exif  # late: exif is only needed to name the default tag labels
         tag_names = exif.DEFAULT_TAGS
     # Sorted and de-duplicated: the model depends only on the set of texts.
     uniq = sorted({t.replace("\n", " ").strip() for t in texts} - {""})
@@ -130,6 +132,7 @@ class Tokenizer:
         provably keeps its ids: the identity normalizer, and no user piece has a comma past its first
         character (so none can span such a cut); empty otherwise."""
         if self._cut_labels is None:
+            # Lazy: the model proto schema needs protobuf, and only this check reads a model's pieces.
             from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
             m = sp_pb2.ModelProto()
@@ -196,7 +199,6 @@ def make_tokenizer(config: Any) -> Any:
     tok = config.tokenizer
     kind = tok.kind
     if kind == "wordpiece":
-        from exif_jax.wordpiece import WordPiece
         return WordPiece(tok.model, max_len=int(tok.max_len), lowercase=bool(tok.lowercase))
     if kind != "sentencepiece":
         raise ValueError(f"tokenizer.kind must be 'sentencepiece' or 'wordpiece', got {kind!r}")
@@ -219,9 +221,8 @@ def texts_from_source(*, images: str | None = None, list_file: str | None = None
         with open(texts, encoding="utf-8") as f:
             return [line.rstrip("\n") for line in f if line.strip()]
     if data:
-        from exif_jax.data.reader import read_records
         return [rec["text"] for rec in read_records(data)]
-    from exif_jax import exif
+    # Lazy: the builder (numba) stays out of the processes that only train or evaluate.
     from exif_jax.data.build import list_images
     tag_order = tuple(tag_order or exif.DEFAULT_TAGS)
     paths = list_images(images) if images else _read_list(list_file)
@@ -243,8 +244,6 @@ def _read_list(list_file: str | None) -> list[str]:
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     """Flags of `exif-jax train-tokenizer`."""
-    from exif_jax import cli_args
-
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--images", metavar="DIR", help="folder of photos (recursive); texts from their EXIF")
     src.add_argument("--list", dest="list_file", metavar="FILE", help="file with one photo path per line")
@@ -263,7 +262,6 @@ def cli_main(args: argparse.Namespace) -> int:
     """Run `exif-jax train-tokenizer`."""
     tag_order, max_value_len, style = None, 40, "metadata_extractor"
     if args.config:
-        from exif_jax.config import load_config
         cfg = load_config(args.config)
         tag_order, max_value_len, style = tuple(cfg.exif.tags), cfg.exif.max_value_len, cfg.exif.style
     texts = texts_from_source(images=args.images, list_file=args.list_file, data=args.data, texts=args.texts,

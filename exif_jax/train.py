@@ -32,10 +32,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+from flax import nnx
 
-from exif_jax import checkpoint, metrics_writer, sharding
-from exif_jax.config import apply_overrides, load_config  # noqa: F401  (re-exported: train.load_config)
+from exif_jax import checkpoint, cli_args, losses, metrics_writer, sharding
+from exif_jax.config import load_config
+from exif_jax.data import pipeline
 from exif_jax.metrics_writer import log
+from exif_jax.models import towers
+from exif_jax.tokenizer import make_tokenizer
 from exif_jax.train_loop import Hooks, LossHook, TrainingAborted, train_loop
 
 # Parameters that get weight decay: matrices and embedding tables. Not biases, norm scales, the
@@ -102,10 +106,6 @@ def make_optimizer(config: ml_collections.ConfigDict) -> tuple[optax.GradientTra
 
 def make_init(config: ml_collections.ConfigDict, vocab_size: int, tx: optax.GradientTransformation):
     """(graphdef, init) where init() -> the trainer's state dict (jit it with out_shardings)."""
-    from flax import nnx
-
-    from exif_jax.models import towers
-
     graphdef = nnx.split(nnx.eval_shape(lambda: towers.create_model(config, vocab_size, nnx.Rngs(0))),
                          nnx.Param, ...)[0]
 
@@ -126,8 +126,6 @@ def make_train_step(graphdef: Any, loss_fn: Any, tx: optax.GradientTransformatio
                     config: ml_collections.ConfigDict, state_shardings: Any, mesh: jax.sharding.Mesh,
                     loss_hook: LossHook | None = None):
     """jit(state, batch) -> (state, metrics), state donated, shardings pinned at the boundary."""
-    from flax import nnx
-
     accum = int(config.optim.grad_accum)
 
     def loss_of(params, rest, batch, step):
@@ -198,8 +196,6 @@ class Trainer(NamedTuple):
 def make_trainer(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, vocab_size: int,
                  loss_hook: LossHook | None = None) -> Trainer:
     """Optimizer, sharded init and train step for `config` on `mesh` (shared by main, tests, benchmarks)."""
-    from exif_jax import losses
-
     tx, schedule = make_optimizer(config)
     graphdef, init = make_init(config, vocab_size, tx)
     abstract_state = jax.eval_shape(init)
@@ -216,10 +212,6 @@ def main(config_path: str, workdir: str, overrides: Sequence[str] = (), *, distr
          coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None,
          hooks: Hooks = Hooks()) -> int:
     """Train (or resume) the two towers as the config says; checkpoints, events and metrics.jsonl in workdir."""
-    from exif_jax.data import pipeline
-    from exif_jax.models import towers
-    from exif_jax.tokenizer import make_tokenizer
-
     # 1. Config. ----------------------------------------------------------------------------------------
     config = load_config(config_path, overrides)
     c_train = config.train
@@ -295,8 +287,6 @@ def main(config_path: str, workdir: str, overrides: Sequence[str] = (), *, distr
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     """Flags of `exif-jax train`; any --config.a.b=v (or --config.a.b v) overrides a config value."""
-    from exif_jax import cli_args
-
     parser.add_argument("--config", required=True, metavar="FILE", help="a Python config file (configs/*.py)")
     parser.add_argument("--workdir", required=True, metavar="WORKDIR",
                         help="config.json, checkpoints (ckpt/), TensorBoard events (tb/), metrics.jsonl; rerun "

@@ -9,6 +9,13 @@ REPO = Path(__file__).parents[1]
 BUNDLED_PHOTOS = REPO / "exif_jax" / "assets" / "photos"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that needs the trained_workdir fixture waits for a real training run: slow (pytest.ini)."""
+    for item in items:
+        if "trained_workdir" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def bundled_records(tmp_path_factory) -> str:
     """Directory of ArrayRecord shards made by `exif-jax build-data` from exif_jax/assets/photos."""
@@ -24,18 +31,14 @@ def bundled_records(tmp_path_factory) -> str:
 def tiny_workdir(tmp_path_factory):
     """(workdir, model): laid out as `exif-jax train` leaves it (config.json, ckpt/<step>/model) from
     configs/tiny.py with random weights (a real 10-step run takes ~1 min on 2 shared cores)."""
-    import importlib.util
-
     import orbax.checkpoint as ocp
     from flax import nnx
 
     from exif_jax import checkpoint
+    from exif_jax.config import config_file
     from exif_jax.eval.embedders import random_init_model
 
-    spec = importlib.util.spec_from_file_location("tiny_cfg", REPO / "configs" / "tiny.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    config = mod.get_config()
+    config = config_file(str(REPO / "configs" / "tiny.py"))
     wd = tmp_path_factory.mktemp("tiny_run")
     (wd / "config.json").write_text(config.to_json(indent=2))
     model = random_init_model(config, seed=1)

@@ -103,6 +103,7 @@ def check_consistent(out: Path, summary: dict, src_of=lambda path: Path(path)) -
     return recs
 
 
+@pytest.mark.slow
 def test_bundled_round_trip(tmp_path):
     out = tmp_path / "out"
     items, pre = build.items_from_folder(str(PHOTOS))
@@ -175,6 +176,7 @@ def test_photos_the_rewrite_cannot_take_are_counted(tmp_path, monkeypatch):
 
 
 @pytest.mark.skipif(not (SHARED / "photos").is_dir(), reason=f"shared data not found at {SHARED}")
+@pytest.mark.slow
 def test_shared_photos_round_trip(tmp_path):
     index = [json.loads(ln) for ln in (SHARED / "photos" / "index.jsonl").read_text().splitlines() if ln]
     out = tmp_path / "out"
@@ -303,6 +305,7 @@ def test_unreadable_paths_in_list(tmp_path):
 
 
 @pytest.mark.skipif(not (SHARED / "exif_edge").is_dir(), reason=f"shared data not found at {SHARED}")
+@pytest.mark.slow
 def test_exif_edge_never_crashes(tmp_path):
     edge = SHARED / "exif_edge"
     files = sorted(str(p) for p in edge.iterdir())
@@ -353,6 +356,7 @@ def test_mixing_builds_is_refused(tmp_path):
         build.build_dataset(items, str(out), settings(), records_per_shard=3, workers=1, progress=False)
 
 
+@pytest.mark.subprocess
 def test_resume_after_sigkill(tmp_path):
     """Kill a real build (CLI subprocess) while it is stuck on a FIFO mid-way, then finish it."""
     src, out = tmp_path / "src", tmp_path / "out"

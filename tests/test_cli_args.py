@@ -11,7 +11,7 @@ from exif_jax import cli, cli_args
 
 # Commands that write an output folder / show progress bars: each must use the shared flag for it.
 WRITES = ("train-tokenizer", "build-data", "make-splices", "localize", "eval-localize", "probe", "retrieval",
-          "export", "import-official")
+          "export", "import-official", "package")
 PROGRESS = ("build-data", "make-splices", "localize", "eval-localize", "probe", "retrieval")
 
 

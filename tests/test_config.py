@@ -109,6 +109,7 @@ def test_upgrade_reads_the_old_boolean_remat_as_a_policy_and_fills_the_speed_kno
         towers.create_model(c, 100, nnx.Rngs(0))
 
 
+@pytest.mark.slow
 def test_the_built_tower_is_the_one_config_json_records():
     """The bug this schema fixes: a variant silently beating explicit sizes in the tower builder."""
     from flax import nnx
@@ -126,3 +127,63 @@ def test_the_built_tower_is_the_one_config_json_records():
         blocks = {k[2] for k, _ in params if k[0] == "image" and len(k) > 2 and str(k[2]).startswith("encoderblock")}
         assert (kernel.shape[0], kernel.shape[-1], len(blocks)) == want, (overrides, kernel.shape, sorted(blocks))
         assert (c.model.image.patch, c.model.image.width, c.model.image.depth) == want
+
+
+def restated_defaults(path: Path) -> list[str]:
+    """Assignments in a config file that set a key to the schema's own default: `c.a.b = v`, `m.b = v` (after
+    `m = c.model`) and `x.update(dict(b=v, ...))`, where v is a literal."""
+    import ast
+
+    base, tree = schema.base_config(), ast.parse(path.read_text())
+    alias: dict[str, tuple[str, ...]] = {"c": ()}
+
+    def path_of(node: ast.AST) -> tuple[str, ...] | None:
+        if isinstance(node, ast.Name):
+            return alias.get(node.id)
+        if isinstance(node, ast.Attribute):
+            head = path_of(node.value)
+            return None if head is None else (*head, node.attr)
+        return None
+
+    def default(keys: tuple[str, ...]):
+        node = base
+        for k in keys:
+            node = node[k]
+        return node
+
+    found = []
+
+    def check(keys: tuple[str, ...], value: ast.AST) -> None:
+        try:
+            v = ast.literal_eval(value)
+        except ValueError:
+            return
+        if isinstance(default(keys), (tuple, list)):
+            v = tuple(v)
+        if type(v) is type(default(keys)) and v == default(keys):
+            found.append(f"{path.name}: {'.'.join(keys)} = {v!r} is the schema's default")
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target, value = node.targets[0], node.value
+            if isinstance(target, ast.Name) and path_of(value) is not None:
+                alias[target.id] = path_of(value)  # m = c.model
+            elif path_of(target) is not None and path_of(target):
+                check(path_of(target), value)
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "update"
+              and path_of(node.func.value) is not None and node.args and isinstance(node.args[0], ast.Call)):
+            for kw in node.args[0].keywords:
+                check((*path_of(node.func.value), kw.arg), kw.value)
+    return found
+
+
+def test_configs_state_only_what_they_change(tmp_path):
+    """schema.py: configs set only what they change; a restated default hides which values are the run's own."""
+    found = [r for p in CONFIGS for r in restated_defaults(p)]
+    assert not found, "\n".join(found)
+    # The check sees what it looks for: tiny.py with two defaults restated.
+    probe = tmp_path / "tiny.py"
+    probe.write_text((REPO / "configs" / "tiny.py").read_text().replace(
+        "    c.data.crop_size = 32\n",
+        "    c.data.crop_size = 32\n    m = c.model\n    m.dtype = 'bfloat16'\n    c.train.update(dict(keep=3))\n"))
+    assert len(restated_defaults(probe)) == 2

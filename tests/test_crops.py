@@ -71,6 +71,7 @@ def test_bundled_photos_region_decode_exact(path):
 
 
 @pytest.mark.skipif(not FULLRES, reason=f"camera originals not found at {SHARED / 'fullres'}")
+@pytest.mark.slow
 def test_fullres_camera_originals_region_decode_exact():
     """All 21 whole 8-16 MP camera originals (4:2:2 and 4:2:0): 28 crops each at 128 px, max |diff| 0."""
     index = {json.loads(ln)["file"] for ln in (SHARED / "fullres" / "index.jsonl").read_text().splitlines() if ln}

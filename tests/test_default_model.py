@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from exif_jax import workdir
@@ -25,6 +26,7 @@ def test_default_model_is_bundled_and_small():
     assert workdir.read_config(str(d)).tokenizer.model.startswith(str(d))
 
 
+@pytest.mark.subprocess
 def test_localize_with_no_model_flag_uses_and_names_the_default(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}

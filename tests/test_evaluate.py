@@ -39,6 +39,7 @@ def _md_row(md: str, method: str, images: str) -> list[str]:
     raise AssertionError(f"no row {method} / {images} in metrics.md")
 
 
+@pytest.mark.slow
 def test_eval_localize_all_methods(bench, tiny_workdir, tmp_path, capsys):
     wd, _ = tiny_workdir
     out = tmp_path / "out"
@@ -129,6 +130,7 @@ def test_best_detection_score_is_named():
     assert np.isnan(t["localization"]["all_images"]["ap"])  # no maps were given
 
 
+@pytest.mark.slow
 def test_paper_color_bug_wraps_the_learned_method_only(bench, tiny_workdir, tmp_path, capsys):
     from exif_jax.eval.patches import embed_patches, make_grid
 

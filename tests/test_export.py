@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+pytestmark = pytest.mark.torch
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
@@ -102,6 +103,19 @@ def test_trained_checkpoint_matches_in_transformers(trained):
     assert cfg["architectures"] == ["SiglipModel"] and cfg["vision_config"]["image_size"] == 32
     pre = json.loads(Path(out, "preprocessor_config.json").read_text())
     assert pre["do_resize"] is False and pre["size"] == {"height": 32, "width": 32}
+
+
+def test_text_token_ids_are_the_tokenizers(trained):
+    """config.json's special ids are ids the exported tokenizer has (pad, eos; no bos), not SigLIP's class
+    defaults (CLIP's 49406/49407). transformers 5.24 still warns about those defaults on every SigLIP load, ours
+    included: it builds a default SiglipTextConfig to diff against (huggingface/transformers#47612)."""
+    _, out = trained
+    text = json.loads(Path(out, "config.json").read_text())["text_config"]
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    assert text["bos_token_id"] is None
+    assert (text["eos_token_id"], text["pad_token_id"]) == (tok.eos_token_id, tok.pad_token_id)
+    assert 0 <= text["pad_token_id"] < text["vocab_size"] and 0 <= text["eos_token_id"] < text["vocab_size"]
+    assert len(tok) == text["vocab_size"]
 
 
 def test_no_pickle_in_export(trained):
@@ -225,8 +239,9 @@ def test_tokenizer_ids_identical(trained):
 
 # ----------------------------------------------------------------------------- timm
 
-def timm_reads(kwargs: dict) -> dict[str, tuple[int, ...]]:
-    """Keys (with shapes) that timm's `_load_weights` reads from a big_vision .npz for VisionTransformer(**kwargs),
+def reference_timm_keys(kwargs: dict) -> dict[str, tuple[int, ...]]:
+    """Independent reference of timm's reader (timm cannot import in this venv; exif_jax has no copy of it): the
+    keys (with shapes) that timm's `_load_weights` reads from a big_vision .npz for VisionTransformer(**kwargs),
     written from timm/models/vision_transformer.py (huggingface/pytorch-image-models@0041cb7): prefix
     auto-detected from 'params/img/embedding/kernel'; big_vision names (MHA _0, MlpBlock _0, LayerNorm_1)."""
     d, depth, heads = kwargs["embed_dim"], kwargs["depth"], kwargs["num_heads"]
@@ -269,7 +284,7 @@ def check_npz(out_dir: str) -> dict:
     spec = json.loads(Path(out_dir, timm.TIMM_JSON).read_text())
     with np.load(os.path.join(out_dir, spec["npz"]), allow_pickle=False) as z:
         got = {k: z[k].shape for k in z.files}
-    want = timm_reads(spec["kwargs"])
+    want = reference_timm_keys(spec["kwargs"])
     missing = {k: s for k, s in want.items() if got.get(k) != s}
     assert not missing, f"keys timm reads that are absent or mis-shaped: {missing}"
     # Exactly timm's set under the image prefix, and no scanned-layout key (timm would switch layouts).
@@ -296,8 +311,9 @@ def test_timm_npz_has_every_key_timm_reads(trained, tmp_path):
     assert timm.timm_spec(b16)["model_name"] == "vit_base_patch16_siglip_224"
 
 
-def _n2p(w: np.ndarray, t: bool = True):
-    """timm's _n2p: big_vision array -> torch tensor (4-D HWIO -> OIHW, 3-D [2,0,1], 2-D transposed)."""
+def reference_timm_n2p(w: np.ndarray, t: bool = True):
+    """Independent reference of timm's _n2p (the conversion under test is ours, export/layout.py): big_vision
+    array -> torch tensor (4-D HWIO -> OIHW, 3-D [2,0,1], 2-D transposed)."""
     if t:
         w = {4: lambda a: a.transpose(3, 2, 0, 1), 3: lambda a: a.transpose(2, 0, 1),
              2: lambda a: a.T}.get(w.ndim, lambda a: a)(w)
@@ -313,15 +329,15 @@ def test_timm_npz_through_timm_conversions_reproduces_jax(trained):
     spec = json.loads(Path(out, timm.TIMM_JSON).read_text())
     with np.load(os.path.join(out, spec["npz"]), allow_pickle=False) as z:
         w = {k[len("params/img/"):]: z[k] for k in z.files if k.startswith("params/img/")}
-    sd = {"embeddings.patch_embedding.weight": _n2p(w["embedding/kernel"]),
-          "embeddings.patch_embedding.bias": _n2p(w["embedding/bias"]),
-          "embeddings.position_embedding.weight": _n2p(w["pos_embedding"], t=False)[0],
-          "post_layernorm.weight": _n2p(w["Transformer/encoder_norm/scale"]),
-          "post_layernorm.bias": _n2p(w["Transformer/encoder_norm/bias"])}
+    sd = {"embeddings.patch_embedding.weight": reference_timm_n2p(w["embedding/kernel"]),
+          "embeddings.patch_embedding.bias": reference_timm_n2p(w["embedding/bias"]),
+          "embeddings.position_embedding.weight": reference_timm_n2p(w["pos_embedding"], t=False)[0],
+          "post_layernorm.weight": reference_timm_n2p(w["Transformer/encoder_norm/scale"]),
+          "post_layernorm.bias": reference_timm_n2p(w["Transformer/encoder_norm/bias"])}
 
     def qkv(prefix, names):
-        return (torch.cat([_n2p(w[f"{prefix}{n}/kernel"], t=False).flatten(1).T for n in names]),
-                torch.cat([_n2p(w[f"{prefix}{n}/bias"], t=False).reshape(-1) for n in names]))
+        return (torch.cat([reference_timm_n2p(w[f"{prefix}{n}/kernel"], t=False).flatten(1).T for n in names]),
+                torch.cat([reference_timm_n2p(w[f"{prefix}{n}/bias"], t=False).reshape(-1) for n in names]))
 
     def block(src, dst, attn, norms):
         mha = f"{src}MultiHeadDotProductAttention_0/"
@@ -330,14 +346,14 @@ def test_timm_npz_through_timm_conversions_reproduces_jax(trained):
             dim = qkv_w.shape[0] // 3
             sd[f"{dst}{attn}.{n}_proj.weight"] = qkv_w[j * dim:(j + 1) * dim]
             sd[f"{dst}{attn}.{n}_proj.bias"] = qkv_b[j * dim:(j + 1) * dim]
-        sd[f"{dst}{attn}.out_proj.weight"] = _n2p(w[f"{mha}out/kernel"]).flatten(1)
-        sd[f"{dst}{attn}.out_proj.bias"] = _n2p(w[f"{mha}out/bias"])
+        sd[f"{dst}{attn}.out_proj.weight"] = reference_timm_n2p(w[f"{mha}out/kernel"]).flatten(1)
+        sd[f"{dst}{attn}.out_proj.bias"] = reference_timm_n2p(w[f"{mha}out/bias"])
         for r in range(2):
-            sd[f"{dst}mlp.fc{r + 1}.weight"] = _n2p(w[f"{src}MlpBlock_0/Dense_{r}/kernel"])
-            sd[f"{dst}mlp.fc{r + 1}.bias"] = _n2p(w[f"{src}MlpBlock_0/Dense_{r}/bias"])
+            sd[f"{dst}mlp.fc{r + 1}.weight"] = reference_timm_n2p(w[f"{src}MlpBlock_0/Dense_{r}/kernel"])
+            sd[f"{dst}mlp.fc{r + 1}.bias"] = reference_timm_n2p(w[f"{src}MlpBlock_0/Dense_{r}/bias"])
         for ln, name in norms:
-            sd[f"{dst}{name}.weight"] = _n2p(w[f"{src}{ln}/scale"])
-            sd[f"{dst}{name}.bias"] = _n2p(w[f"{src}{ln}/bias"])
+            sd[f"{dst}{name}.weight"] = reference_timm_n2p(w[f"{src}{ln}/scale"])
+            sd[f"{dst}{name}.bias"] = reference_timm_n2p(w[f"{src}{ln}/bias"])
 
     for i in range(spec["kwargs"]["depth"]):
         block(f"Transformer/encoderblock_{i}/", f"encoder.layers.{i}.", "self_attn",
@@ -347,7 +363,7 @@ def test_timm_npz_through_timm_conversions_reproduces_jax(trained):
     block(pool, "head.", "attention", (("LayerNorm_0", "layernorm"),))
     for kind in ("weight", "bias"):  # torch.nn.MultiheadAttention packs q, k, v
         sd[f"head.attention.in_proj_{kind}"] = torch.cat([sd.pop(f"head.attention.{n}_proj.{kind}") for n in "qkv"])
-    sd["head.probe"] = _n2p(w[f"{pool}probe"], t=False)
+    sd["head.probe"] = reference_timm_n2p(w[f"{pool}probe"], t=False)
 
     model, config, _ = workdir.load_model(wd, float32=True)
     vcfg = transformers.SiglipConfig.from_pretrained(out).vision_config

@@ -56,6 +56,8 @@ def dry_run(tmp_path_factory):
     return json.loads(report.read_text()), report.with_suffix(".md").read_text(), p.stdout
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_the_dry_run_runs_every_stage(dry_run):
     report, _, _ = dry_run
     assert list(report["stages"]) == [name for name, _, _ in gpu_suite.STAGES]
@@ -77,6 +79,8 @@ def test_the_dry_run_runs_every_stage(dry_run):
     assert [r["status"] for r in report["stages"]["flags"]["rows"]] == ["ok"]
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_the_dry_run_reports_device_versions_and_the_fastest_correct_setting(dry_run):
     report, md, stdout = dry_run
     assert report["device"]["platform"] == "cpu" and report["versions"]["jax"] not in ("", "absent")

@@ -7,6 +7,7 @@ import pytest
 from exif_jax.export import layout
 
 
+@pytest.mark.torch
 def test_conv_and_linear_rules_compute_what_torch_computes():
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(0)

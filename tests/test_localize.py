@@ -34,6 +34,7 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return float((a & b).sum() / max((a | b).sum(), 1))
 
 
+@pytest.mark.slow
 def test_two_camera_photo_is_split_by_a_hand_made_embedding():
     rng = np.random.default_rng(0)
     h, w = 128, 256
@@ -57,6 +58,7 @@ def test_two_camera_photo_is_split_by_a_hand_made_embedding():
     assert ms.scores["score_ms"] > clean.scores["score_ms"]
 
 
+@pytest.mark.slow
 def test_sharded_batches_embed_the_right_crops():
     photo = np.asarray(Image.open(PHOTOS[0]).convert("RGB"))[:96, :150]
     g = make_grid(*photo.shape[:2], 32, stride=11)  # 7 x 11 = 77 patches: padded batches
@@ -75,6 +77,7 @@ def _embed_ref(model, x):
     return np.asarray(nnx.jit(lambda m, x: m.embed_image(x))(model, x))
 
 
+@pytest.mark.slow
 def test_workdir_load_model(tiny_workdir):
     from exif_jax import workdir
 
@@ -130,6 +133,7 @@ def _pixel_probe(patch: int):
     return PatchEmbedder(lambda params, x: x.reshape(x.shape[0], -1).astype(np.float32), {}, patch, "probe")
 
 
+@pytest.mark.torch
 def test_paper_color_bug_feeds_the_papers_pixels():
     from exif_jax.eval.patches import with_paper_color_bug
 
@@ -149,6 +153,7 @@ def test_paper_color_bug_feeds_the_papers_pixels():
     np.testing.assert_array_equal(got, paper.transpose(0, 2, 3, 1))
 
 
+@pytest.mark.slow
 def test_cli_paper_color_bug_is_the_model_on_wrapped_photos(tiny_workdir, tmp_path, capsys):
     """`localize --paper-color-bug` on a photo == plain `localize` on that photo colour-wrapped in numpy."""
     wd, _ = tiny_workdir

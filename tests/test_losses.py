@@ -230,6 +230,7 @@ def _temp_mib(kind: str, impl: str, n: int = 8192, d: int = 512) -> float:
     return compiled.memory_analysis().temp_size_in_bytes / 2**20
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", losses.KINDS)
 def test_memory_ring_le_all_gather_le_quarter_naive(kind):
     naive, gathered, ring = (_temp_mib(kind, impl) for impl in losses.IMPLS)

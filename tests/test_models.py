@@ -1,7 +1,6 @@
 """The towers: shapes and norms, parameter counts and paths, padding masks, BatchNorm modes, precision, FLOPs."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import jax
@@ -13,7 +12,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from exif_jax.config import resolve
+from exif_jax.config import config_file, resolve
 from exif_jax.models import resnet, text, towers, vit
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,10 +21,12 @@ VOCAB = 50
 
 def tiny_config():
     """configs/tiny.py, the schema every module shares."""
-    spec = importlib.util.spec_from_file_location("configs_tiny", REPO / "configs" / "tiny.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config()
+    return config_file(str(REPO / "configs" / "tiny.py"))
+
+
+def count_params(module: nnx.Module) -> int:
+    """Number of nnx.Param scalars (running statistics excluded); works on nnx.eval_shape outputs."""
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(nnx.state(module, nnx.Param))))
 
 
 def images(n: int, size: int = 32, seed: int = 0) -> jax.Array:
@@ -61,6 +62,7 @@ def param_paths(module: nnx.Module) -> dict[str, tuple[int, ...]]:
 @pytest.mark.parametrize("kind,pool,text_pool,causal", [
     ("vit", "avg", "mean", False), ("vit", "map", "last", False), ("vit", "cls", "eos", True),
     ("resnet", "avg", "mean", False)])
+@pytest.mark.slow
 def test_embeddings_have_shape_and_unit_norm(kind, pool, text_pool, causal):
     c = tiny_config()
     c.model.image.update(kind=kind, pool=pool)
@@ -78,17 +80,18 @@ def test_embeddings_have_shape_and_unit_norm(kind, pool, text_pool, causal):
     assert float(jnp.abs(img[0] - img[1]).max()) > 1e-3 and float(jnp.abs(txt[0] - txt[1]).max()) > 1e-3
 
 
+@pytest.mark.slow
 def test_vit_b16_and_resnet50_parameter_counts():
     v = nnx.eval_shape(lambda: vit.VisionTransformer(image_size=224, **vit.decode_variant("B/16"), rngs=nnx.Rngs(0)))
     # timm vit_base_patch16_224(num_classes=0): 85,798,656, which has a cls token and its position (2 x 768).
-    assert vit.count_params(v) == 85_798_656 - 2 * 768
+    assert count_params(v) == 85_798_656 - 2 * 768
     v_cls = nnx.eval_shape(lambda: vit.VisionTransformer(
         image_size=224, pool="cls", **vit.decode_variant("B/16"), rngs=nnx.Rngs(0)))
-    assert vit.count_params(v_cls) == 85_798_656 - 768
+    assert count_params(v_cls) == 85_798_656 - 768
     r = nnx.eval_shape(lambda: resnet.ResNet(num_classes=1000, rngs=nnx.Rngs(0)))
-    assert vit.count_params(r) == 25_557_032  # torchvision resnet50(): sum(p.numel() for p in parameters())
+    assert count_params(r) == 25_557_032  # torchvision resnet50(): sum(p.numel() for p in parameters())
     r512 = nnx.eval_shape(lambda: resnet.ResNet(num_classes=512, rngs=nnx.Rngs(0)))
-    assert vit.count_params(r512) == 25_557_032 - 2049 * 1000 + 2049 * 512
+    assert count_params(r512) == 25_557_032 - 2049 * 1000 + 2049 * 512
 
 
 def test_resnet50_paths_map_to_torchvision_names():
@@ -110,6 +113,7 @@ def test_resnet50_paths_map_to_torchvision_names():
     assert "layer1.3.conv1.weight" not in torch and "layer3.6.conv1.weight" not in torch
 
 
+@pytest.mark.slow
 def test_siglip_layout_is_expressible():
     c = tiny_config()
     c.loss.kind = "sigmoid"
@@ -132,6 +136,7 @@ def test_siglip_layout_is_expressible():
 
 
 @pytest.mark.parametrize("pool,causal", [("eos", False), ("mean", False), ("eos", True)])
+@pytest.mark.slow
 def test_text_embedding_ignores_extra_padding(pool, causal):
     tower = text.TextTransformer(vocab_size=VOCAB, max_len=32, width=32, depth=2, heads=2, mlp_dim=64,
                                  pool=pool, causal=causal, num_classes=16, dtype=jnp.float32, rngs=nnx.Rngs(1))
@@ -143,6 +148,7 @@ def test_text_embedding_ignores_extra_padding(pool, causal):
         assert float(jnp.abs(run(tower, short) - run(tower, long)).max()) > 1e-3
 
 
+@pytest.mark.slow
 def test_text_eos_pool_reads_the_first_eos_and_falls_back_to_the_last_token():
     tower = text.TextTransformer(vocab_size=VOCAB, max_len=32, width=32, depth=2, heads=2, mlp_dim=64,
                                  pool="eos", causal=True, dtype=jnp.float32, rngs=nnx.Rngs(2))
@@ -160,6 +166,7 @@ def _tiny_resnet(**kw) -> resnet.ResNet:
     return resnet.ResNet(variant="tiny", width=8, dtype=jnp.float32, rngs=nnx.Rngs(3), **kw)
 
 
+@pytest.mark.slow
 def test_batchnorm_train_eval_and_frozen_modes():
     x = images(8)
     model = _tiny_resnet()
@@ -181,6 +188,7 @@ def test_batchnorm_train_eval_and_frozen_modes():
     np.testing.assert_allclose(run(frozen, x), y_frozen, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_batchnorm_statistics_cover_the_global_sharded_batch():
     assert jax.device_count() == 8, "run with XLA_FLAGS=--xla_force_host_platform_device_count=8"
     mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
@@ -206,6 +214,7 @@ def test_batchnorm_statistics_cover_the_global_sharded_batch():
     assert np.abs(got - shard0).max() > 1e-2
 
 
+@pytest.mark.slow
 def test_bf16_compute_is_close_to_f32():
     c = tiny_config()
     outs = {}
@@ -220,6 +229,7 @@ def test_bf16_compute_is_close_to_f32():
         assert float(jnp.abs(a - b).max()) < 0.05
 
 
+@pytest.mark.slow
 def test_temperature_clip_and_fixed_scale():
     c = tiny_config()
     c.model.update(logit_scale_init=1000.0, logit_scale_max=100.0)
@@ -240,6 +250,7 @@ def test_temperature_clip_and_fixed_scale():
     assert float(towers.create_model(c, VOCAB, nnx.Rngs(0)).logit_bias()) == -10.0
 
 
+@pytest.mark.slow
 def test_a_gradient_step_reduces_a_contrastive_loss():
     c = tiny_config()
     c.model.image.depth = c.model.text.depth = 1
@@ -266,6 +277,7 @@ def test_a_gradient_step_reduces_a_contrastive_loss():
     assert float(nnx.jit(loss_fn)(model)) < losses[0] - 0.1, losses
 
 
+@pytest.mark.slow
 def test_flops_per_example_matches_xla_for_b16_plus_text():
     c = tiny_config()
     c.data.crop_size = 128

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+pytestmark = pytest.mark.torch
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
@@ -36,8 +37,9 @@ TRICKY = [
 
 # ------------------------------------------------------------------------------- the official layout in torch
 
-class _Bottleneck(torch.nn.Module):
-    """torchvision's Bottleneck (v1.5), same attribute names."""
+class ReferenceBottleneck(torch.nn.Module):
+    """Independent reference: torchvision's Bottleneck (v1.5), same attribute names (the importer under test
+    maps these names; torchvision does not import beside this torch)."""
 
     def __init__(self, cin: int, planes: int, stride: int):
         super().__init__()
@@ -56,8 +58,9 @@ class _Bottleneck(torch.nn.Module):
         return self.relu(y + (x if self.downsample is None else self.downsample(x)))
 
 
-class _ResNet50(torch.nn.Module):
-    """torchvision.models.resnet50's module tree (torchvision does not import beside this torch)."""
+class ReferenceResNet50(torch.nn.Module):
+    """Independent reference: torchvision.models.resnet50's module tree, the paper's image tower as its file
+    stores it (torchvision does not import beside this torch)."""
 
     def __init__(self, num_classes: int = 768):
         super().__init__()
@@ -68,7 +71,7 @@ class _ResNet50(torch.nn.Module):
         for i, blocks in enumerate((3, 4, 6, 3)):
             layer = []
             for j in range(blocks):
-                layer.append(_Bottleneck(cin, 64 * 2**i, 2 if i > 0 and j == 0 else 1))
+                layer.append(ReferenceBottleneck(cin, 64 * 2**i, 2 if i > 0 and j == 0 else 1))
                 cin = 64 * 2**i * 4
             setattr(self, f"layer{i + 1}", nn.Sequential(*layer))
         self.avgpool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(2048, num_classes)
@@ -208,7 +211,7 @@ def official(tmp_path_factory):
     """(dir, state dict, torch towers, vocab path, imported out dir): the official file, imported by the CLI."""
     d = tmp_path_factory.mktemp("official")
     torch.manual_seed(0)
-    visual = _ResNet50().eval()
+    visual = ReferenceResNet50().eval()
     _randomize_bn(visual, torch.Generator().manual_seed(1))
     _measure_bn(visual, _calibration_crops())
     bert = transformers.DistilBertModel(transformers.DistilBertConfig()).eval()  # distilbert-base-uncased size

@@ -229,6 +229,7 @@ def test_processes_get_disjoint_shards_covering_one_epoch(data_dir):
 
 
 @pytest.mark.parametrize("mesh_shape", [(8, 1, 1), (4, 2, 1)])
+@pytest.mark.slow
 def test_global_batches_sharded_on_mesh(data_dir, mesh_shape):
     if jax.device_count() < 8:
         pytest.skip(f"needs 8 devices (XLA_FLAGS=--xla_force_host_platform_device_count=8), have "
@@ -297,6 +298,7 @@ def test_bad_inputs_give_clear_errors(tmp_path, data_dir):
         crops_lib.decode_rgb(b"\xff\xd8 not really a jpeg", "/photos/broken.jpg")
 
 
+@pytest.mark.subprocess
 def test_worker_processes_real_tokenizer_and_restore(data_dir, tmp_path):
     tokenizer = pytest.importorskip("exif_jax.tokenizer")
     paths = source_order(data_dir)
@@ -384,6 +386,7 @@ FULLRES = sorted((REPO.parent / "shared" / "data" / "fullres").glob("*.jpg"))
 
 
 @pytest.mark.skipif(not FULLRES, reason="camera originals not found at ../shared/data/fullres")
+@pytest.mark.slow
 def test_fullres_pipeline_crops_exact(tmp_path):
     """The real loader on whole 8-16 MP camera originals (128-px crops, k=1 and k=4): pixel-exact via offset."""
     out = str(tmp_path / "fullres")

@@ -18,8 +18,9 @@ _spec.loader.exec_module(pod_compile)
 SMALL = ("mesh.fsdp_min_size=0", "model.image.depth=1", "model.text.depth=1", "data.crop_size=16",
          "model.image.patch=8", "tokenizer.max_len=16", "data.global_batch_size=16", "model.text.vocab_size=61")
 
-pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 devices: "
-                                "XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 devices: "
+                                 "XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu")]
 
 
 @pytest.fixture(scope="module")

@@ -57,6 +57,7 @@ def _synthetic(classes=8, photos_per_class=5, k=4):
     return photo_class, photo
 
 
+@pytest.mark.slow
 def test_probe_learns_the_label_and_nothing_more():
     rng = np.random.default_rng(0)
     photo_class, photo = _synthetic()
@@ -85,6 +86,7 @@ def test_single_class_task_is_skipped():
     assert "skipped" in r and r["dropped_classes"] == {"b": 1, "c": 1} and "sources" not in r
 
 
+@pytest.mark.slow
 def test_cli_probe(bundled_records, tiny_workdir, tmp_path):
     wd, _ = tiny_workdir
     out = tmp_path / "probe"

@@ -105,6 +105,7 @@ def _md_cells(md: str) -> list[list[str]]:
             if line.startswith("| ")]
 
 
+@pytest.mark.slow
 def test_eval_report_files_and_numbers(eval_out, tiny_workdir):
     report = json.loads((eval_out / "metrics.json").read_text())
     html = eval_out / "report.html"
@@ -135,6 +136,7 @@ def test_eval_report_files_and_numbers(eval_out, tiny_workdir):
         assert f'data-v="{ap}"' in text, ap
 
 
+@pytest.mark.slow
 def test_localize_folder_report(localize_out):
     html = localize_out / "report.html"
     page = _parse(html)
@@ -184,6 +186,7 @@ def _click(b: Browser, header: str, method: str = "learned") -> None:
         ths[methods.indexOf({method!r})].click(); }})()""")
 
 
+@pytest.mark.browser
 def test_eval_report_in_chromium(eval_out, browser, tmp_path):
     b = browser
     b.open((eval_out / "report.html").as_uri())
@@ -225,6 +228,7 @@ def test_eval_report_in_chromium(eval_out, browser, tmp_path):
     assert Image.open(png).size[0] >= 1000 and np.asarray(Image.open(png).convert("L")).std() > 10
 
 
+@pytest.mark.browser
 def test_localize_report_in_chromium(localize_out, browser):
     b = browser
     b.open((localize_out / "report.html").as_uri())
@@ -247,6 +251,7 @@ def test_single_photo_has_no_report_but_a_folder_has(bench, tmp_path):
     assert len(_parse(tmp_path / "b" / "report.html").rows) == 1
 
 
+@pytest.mark.browser
 def test_hundreds_of_rows_stay_responsive(browser, tmp_path):
     """400 rows: only the images near the view load, and a sort is quick."""
     from exif_jax.eval import report

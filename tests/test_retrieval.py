@@ -57,6 +57,7 @@ def test_chance_matches_simulation():
     assert retrieval.rank_summary(np.ones(2), c, n)[f"chance R@{k}"] == pytest.approx(hit, abs=0.02)
 
 
+@pytest.mark.slow
 def test_cli_retrieval(bundled_records, tiny_workdir, tmp_path):
     wd, _ = tiny_workdir
     out = tmp_path / "ret"

@@ -268,6 +268,7 @@ def _train(config, batches, init_state=None):
 
 
 @needs_8
+@pytest.mark.slow
 def test_fsdp_and_tensor_parallel_train_like_data_parallel():
     batches = _batches(1) * 4  # one batch, repeated: the loss must fall
     init = train.make_trainer(_config(8, 1, 1), sharding.make_mesh(_config(8, 1, 1).mesh), 64).init()

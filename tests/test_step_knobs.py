@@ -15,6 +15,8 @@ from exif_jax.eval.embedders import random_init_model
 from exif_jax.models import towers
 
 # f32 on the CPU: the variants reorder the same float operations, nothing more.
+# Every test here compiles towers or a sharded train step (seconds to a minute each on 2 cores).
+pytestmark = pytest.mark.slow
 RTOL, ATOL = 2e-5, 1e-6
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 

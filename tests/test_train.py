@@ -106,6 +106,8 @@ def ref(tmp_path_factory, bundled_records, env) -> Path:
     return wd
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_end_to_end_from_arrayrecords(ref):
     r = rows(ref)
     assert sorted(r) == list(range(1, STEPS + 1))
@@ -119,6 +121,8 @@ def test_end_to_end_from_arrayrecords(ref):
     assert "parameters and their layout" in out and re.search(r"^total .* [\d.]+M parameters", out, re.M), out
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_loss_falls_on_real_photos(ref):
     loss = np.array([rows(ref)[s]["loss"] for s in range(1, STEPS + 1)])
     first, last = loss[:5].mean(), loss[-5:].mean()
@@ -140,6 +144,8 @@ def read_events(path: str) -> list:
     return events
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_tensorboard_events_hold_the_scalars(ref):
     files = glob.glob(str(ref / "tb" / "events.out.tfevents.*"))
     assert len(files) == 1
@@ -158,6 +164,8 @@ def test_tensorboard_events_hold_the_scalars(ref):
         assert scalars["train/lr"][s] == pytest.approx(r[s]["lr"], rel=1e-6)
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_kill9_mid_save_and_sigterm_resume_exactly(ref, tmp_path, bundled_records, env):
     wd = tmp_path / "run"
     base = overrides(bundled_records)
@@ -206,6 +214,8 @@ def slurm_job_id() -> int:
     raise RuntimeError("no free port in 61440-65535")
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 @pytest.mark.parametrize("launch", ["coordinator", "slurm"])
 def test_two_processes_match_one(launch, ref, tmp_path, bundled_records, env):
     """2 processes x 4 CPU devices == 1 x 8: started with explicit coordinator flags, or the way `srun` starts
@@ -238,6 +248,8 @@ def test_two_processes_match_one(launch, ref, tmp_path, bundled_records, env):
     assert {"process_0-of-2.json", "process_1-of-2.json"} <= set(saved), saved
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_nan_steps_are_skipped_then_training_stops(tmp_path, bundled_records, env):
     wd = tmp_path / "run"
     args = overrides(bundled_records) + ["train.max_nan_skips=1", "train.log_every=1"]

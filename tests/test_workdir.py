@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from exif_jax import experiment, workdir
+from exif_jax import cli, workdir
 
 
 def embeddings(model, config):
@@ -23,8 +23,8 @@ def embeddings(model, config):
 @pytest.mark.parametrize("dtype,tol", [("float32", 0.0), ("bfloat16", 2e-2)])
 def test_package_round_trips_the_run(trained_workdir, tmp_path, dtype, tol):
     out = tmp_path / f"pkg_{dtype}"
-    assert experiment.main(["package", "--run", trained_workdir, "--out", str(out), "--name", "test model x",
-                            "--dtype", dtype, "--about", json.dumps({"steps": 4})]) == 0
+    assert cli.main(["package", "--run", trained_workdir, "--out", str(out), "--name", "test model x",
+                     "--dtype", dtype, "--about", json.dumps({"steps": 4})]) == 0
     assert workdir.is_packaged(out) and workdir.model_name(out) == "test model x"
     assert json.loads((out / "model.json").read_text())["steps"] == 4
     packed, config = workdir.load_packaged(out, float32=True)

@@ -197,15 +197,6 @@ def interp_matrix(length: int, cells: int, stride: int) -> np.ndarray:
     return m
 
 
-@functools.partial(jax.jit, static_argnames=("grid",))
-def cells_to_pixels(cell_map: jax.Array, grid: Grid) -> jax.Array:
-    """A cell map [gh, gw, ...] at pixel resolution [H, W, ...]."""
-    gh, gw = grid.cells
-    wh = jnp.asarray(interp_matrix(grid.height, gh, grid.stride))
-    ww = jnp.asarray(interp_matrix(grid.width, gw, grid.stride))
-    return jnp.einsum("ya,xb,ab...->yx...", wh, ww, cell_map.astype(jnp.float32))
-
-
 @contextlib.contextmanager
 def single_threaded_lapack() -> Iterator[None]:
     """BLAS/LAPACK (which XLA's CPU eigh calls) on one thread for the duration. Its default spin-waiting

@@ -13,9 +13,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
-from exif_jax.eval.patches import PatchEmbedder
+from exif_jax import workdir
+from exif_jax.eval import baselines
+from exif_jax.eval.patches import PatchEmbedder, model_embedder, replicate, with_paper_color_bug
+from exif_jax.models import towers
+from exif_jax.tokenizer import vocab_size_of
 
 KINDS = ("learned", "random-init", "noise", "random")
 MODEL_KINDS = ("learned", "random-init")
@@ -34,11 +41,6 @@ class Embedders(NamedTuple):
 def random_init_model(config: Any, vocab_size: int | None = None, seed: int = 0) -> Any:
     """A DualTower with random weights filled in from numpy (no per-initializer dispatch or compile: fast for
     big towers). Scales/variances 1, biases/means 0, kernels N(0, 1/fan_in)."""
-    from flax import nnx
-
-    from exif_jax.models import towers
-    from exif_jax.tokenizer import vocab_size_of
-
     if vocab_size is None:
         vocab_size = vocab_size_of(config)
     abstract = nnx.eval_shape(lambda: towers.create_model(config, vocab_size, nnx.Rngs(0)))
@@ -48,9 +50,6 @@ def random_init_model(config: Any, vocab_size: int | None = None, seed: int = 0)
 
 def random_weights(state: Any, seed: int = 0) -> Any:
     """`state` (a model's nnx state, arrays or shapes) with every leaf drawn by numpy as random_init_model says."""
-    import jax
-    import jax.numpy as jnp
-
     rng = np.random.default_rng(seed)
 
     def fill(path, x):
@@ -83,10 +82,6 @@ def make_embedders(kinds: Sequence[str], *, checkpoint: str | None = None, step:
                    crop_size: int | None = None, paper_color_bug: bool = False, seed: int = 0) -> Embedders:
     """The embedders of `kinds` (see the module docstring), in that order; paper_color_bug feeds the learned
     one the paper evaluator's colour-wrapped crops; seed: the random-init weights."""
-    from exif_jax import workdir
-    from exif_jax.eval import baselines
-    from exif_jax.eval.patches import model_embedder, replicate, with_paper_color_bug
-
     unknown = [k for k in kinds if k not in KINDS]
     if unknown:
         raise ValueError(f"unknown embedder(s) {unknown}; known: {', '.join(KINDS)}")

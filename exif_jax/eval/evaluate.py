@@ -25,10 +25,20 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
+from exif_jax import cli_args, workdir
+from exif_jax.cli_args import check_grid
+from exif_jax.data.crops import read_rgb
 from exif_jax.eval import metrics as M
+from exif_jax.eval import report as html_report
 from exif_jax.eval.baselines import BASELINE_METHOD
+from exif_jax.eval.consensus import CONSENSUS
+from exif_jax.eval.datasets import LOADERS, load_dataset, load_mask
+from exif_jax.eval.embedders import DEFAULT_CROP_SIZE, check_sources, make_embedders
+from exif_jax.eval.features import write_report
 from exif_jax.eval.localize import REPORT_COLUMNS as SCORE_COLUMNS
+from exif_jax.eval.localize import localize_image
 from exif_jax.eval.patches import NUM_PER_DIM, PAPER_COLOR_BUG_HELP, PatchEmbedder
 
 SCORES = ("score_mean", "score_ms", "score_ncut")
@@ -43,8 +53,6 @@ _LOC_COLUMNS = (("ap", "p-mAP"), ("ciou", "cIoU"), ("mcc", "MCC"), ("f1", "F1"),
 def method_kinds(checkpoint: str | None, baseline: str | None = None, all_methods: bool = False,
                  crop_size: int | None = None, step: int | None = None, paper_color_bug: bool = False) -> list[str]:
     """The embedder kinds (embedders.KINDS) these flags ask for; flags that cannot apply are a ValueError."""
-    from exif_jax.eval.embedders import check_sources
-
     check_sources(checkpoint=checkpoint, step=step, crop_size=crop_size, paper_color_bug=paper_color_bug)
     if all_methods and not checkpoint:
         raise ValueError("--all-methods needs --checkpoint (the learned row)")
@@ -62,8 +70,6 @@ def build_embedders(checkpoint: str | None, baseline: str | None = None, all_met
     """method name -> embedder: learned (given a checkpoint), the --baseline one, or all three, all on the
     learned model's crop size (else crop_size); paper_color_bug: the learned one is fed the paper evaluator's
     colour-wrapped crops (the baselines see the true pixels)."""
-    from exif_jax.eval.embedders import make_embedders
-
     kinds = method_kinds(checkpoint, baseline, all_methods, crop_size, step, paper_color_bug)
     built = make_embedders(kinds, checkpoint=checkpoint, step=step, crop_size=crop_size,
                            paper_color_bug=paper_color_bug)
@@ -102,6 +108,7 @@ class _Extremes:
 
 
 def _plot(path: str, image: np.ndarray, mask: np.ndarray, score_map: np.ndarray, title: str) -> None:
+    # Lazy: matplotlib is slow to import and only drawing a figure needs it.
     import matplotlib
 
     matplotlib.use("Agg")
@@ -127,14 +134,6 @@ def evaluate(samples: Sequence[Any], embedders: Mapping[str, PatchEmbedder], out
              consensus: str = "meanshift", stride: int | None = None, num_per_dim: int = NUM_PER_DIM,
              batch: int = 256, show: int = 3, progress: bool = True, dataset: str = "") -> dict[str, Any]:
     """Localize every sample with every method; write per_image.csv, metrics.json/.md, heatmaps/, report.html."""
-    from tqdm import tqdm
-
-    from exif_jax.data.crops import read_rgb
-    from exif_jax.eval import report as html_report
-    from exif_jax.eval.datasets import load_mask
-    from exif_jax.eval.features import write_report
-    from exif_jax.eval.localize import localize_image
-
     os.makedirs(os.path.join(out_dir, "heatmaps"), exist_ok=True)
     records: dict[str, list[dict[str, Any]]] = {m: [] for m in embedders}
     extremes = {m: _Extremes(show) for m in embedders}
@@ -185,8 +184,6 @@ def evaluate(samples: Sequence[Any], embedders: Mapping[str, PatchEmbedder], out
 
 def _write_html(report: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
                 embedders: Mapping[str, PatchEmbedder], out_dir: str) -> str:
-    from exif_jax.eval import report as html_report
-
     n_ok = report["n_samples"] - report["n_failed"]
     meta = [("dataset", report["dataset"]), ("consensus", report["consensus"]),
             ("crop size", f"{next(iter(embedders.values())).patch_size} px"),
@@ -198,8 +195,6 @@ def _write_html(report: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
 
 
 def _write_heatmaps(extremes: Mapping[str, _Extremes], out_dir: str, names: Mapping[str, str]) -> list[str]:
-    from exif_jax.data.crops import read_rgb
-
     written = []
     for m, ex in extremes.items():
         for kind, items in (("best", ex.best()), ("worst", ex.worst())):
@@ -271,10 +266,6 @@ def run(dataset: str, out_dir: str, *, checkpoint: str | None = None, baseline: 
         paper_color_bug: bool = False, stride: int | None = None, num_per_dim: int | None = None,
         **kwargs: Any) -> dict[str, Any]:
     """Load the benchmark and the methods, then `evaluate`."""
-    from exif_jax import workdir
-    from exif_jax.cli_args import check_grid
-    from exif_jax.eval.datasets import load_dataset
-
     check_grid(stride, num_per_dim)
     checkpoint = workdir.default_source(checkpoint, baseline, command="exif-jax eval-localize")
     method_kinds(checkpoint, baseline, all_methods, crop_size, step, paper_color_bug)  # flags before files
@@ -286,11 +277,6 @@ def run(dataset: str, out_dir: str, *, checkpoint: str | None = None, baseline: 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     """Flags of `exif-jax eval-localize`."""
-    from exif_jax import cli_args
-    from exif_jax.eval.consensus import CONSENSUS
-    from exif_jax.eval.datasets import LOADERS
-    from exif_jax.eval.embedders import DEFAULT_CROP_SIZE
-
     parser.add_argument("--dataset", required=True, metavar="KIND:PATH",
                         help=f"the benchmark; KIND: {', '.join(LOADERS)} (folder: what `exif-jax make-splices` "
                              "writes)")

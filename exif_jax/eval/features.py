@@ -17,7 +17,12 @@ import sys
 from typing import Any, Mapping
 
 import numpy as np
+from tqdm import tqdm
 
+from exif_jax import cli_args
+from exif_jax.data.crops import decode_rgb
+from exif_jax.data.pipeline import random_crops
+from exif_jax.data.reader import read_records
 from exif_jax.eval.patches import PatchEmbedder, default_mesh, embed_crops, replicate
 
 SOURCES = ("learned", "random-init", "noise")
@@ -36,8 +41,6 @@ class CropFeatures:
 
 def photo_crops(image: np.ndarray, k: int, size: int, seed: int, index: int) -> np.ndarray:
     """k uniform size x size crops of one photo, drawn from (seed, index): the same for every source."""
-    from exif_jax.data.pipeline import random_crops
-
     return random_crops(image, k, size, np.random.default_rng((seed, index)))[0]
 
 
@@ -45,10 +48,6 @@ def extract_features(data_dir: str, embedders: Mapping[str, PatchEmbedder], *, c
                      seed: int = 0, limit: int | None = None, batch: int = 256,
                      progress: bool = True) -> CropFeatures:
     """Crop every photo of an ArrayRecord build K times and embed the crops with every embedder."""
-    from tqdm import tqdm
-
-    from exif_jax.data.crops import decode_rgb
-    from exif_jax.data.reader import read_records
 
     if crops_per_photo < 1:
         raise ValueError(f"crops_per_photo must be >= 1, got {crops_per_photo}")
@@ -105,8 +104,6 @@ def write_report(out_dir: str, stem: str, report: Mapping[str, Any], markdown: s
 
 def add_common_args(parser: argparse.ArgumentParser, outputs: str) -> None:
     """The flags `exif-jax probe` and `exif-jax retrieval` share."""
-    from exif_jax import cli_args
-
     cli_args.add_model_source(parser)
     parser.add_argument("--data", required=True, metavar="RECORDS",
                         help="folder of ArrayRecord shards (`exif-jax build-data` output)")

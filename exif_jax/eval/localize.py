@@ -21,9 +21,18 @@ import textwrap
 from pathlib import Path
 from typing import Any, Sequence
 
+import jax
 import numpy as np
+from tqdm import tqdm
 
+from exif_jax import cli_args, workdir
+from exif_jax.cli_args import check_grid
+from exif_jax.data.crops import read_rgb
 from exif_jax.eval import consensus as cons
+from exif_jax.eval import report as html_report
+from exif_jax.eval.baselines import BASELINE_METHOD
+from exif_jax.eval.datasets import IMAGE_SUFFIXES
+from exif_jax.eval.embedders import DEFAULT_CROP_SIZE, make_embedders
 from exif_jax.eval.patches import NUM_PER_DIM, PAPER_COLOR_BUG_HELP, Grid, PatchEmbedder, embed_patches, make_grid
 
 # Per photo in report.html: (score key, header, tooltip); higher = more likely spliced.
@@ -50,12 +59,18 @@ def _interp(length: int, cells: int, stride: int) -> np.ndarray:
     return m
 
 
+def cells_to_pixels(cell_map: np.ndarray, grid: Grid) -> np.ndarray:
+    """A cell map [gh, gw] at pixel resolution [H, W], on the host (numpy): a jitted version recompiles for every
+    photo size."""
+    gh, gw = grid.cells
+    wh, ww = _interp(grid.height, gh, grid.stride), _interp(grid.width, gw, grid.stride)
+    return wh @ np.asarray(cell_map, np.float32) @ ww.T
+
+
 def localize_image(image: np.ndarray, embedder: PatchEmbedder, *, consensus: str = "meanshift",
                    stride: int | None = None, num_per_dim: int = NUM_PER_DIM, batch: int = 256,
                    mesh: Any = None, window: float = 10.0, iters: int = 5) -> Localization:
     """Maps and detection scores for one decoded photo uint8 [H, W, 3] under any PatchEmbedder."""
-    import jax
-
     if consensus not in cons.CONSENSUS:
         raise ValueError(f"consensus must be one of {cons.CONSENSUS}, got {consensus!r}")
     if image.ndim != 3 or image.shape[2] != 3:
@@ -68,9 +83,7 @@ def localize_image(image: np.ndarray, embedder: PatchEmbedder, *, consensus: str
     # The consensus is small next to the embedding: run it on one device, unsharded.
     emb = jax.device_put(emb, jax.devices()[0])
     out = jax.device_get(cons.consensus(emb, grid, embedder.standardize, float(window), int(iters)))
-    # Cells -> pixels on the host (numpy): a jitted version recompiles for every photo size.
-    wh, ww = _interp(grid.height, gh, grid.stride), _interp(grid.width, gw, grid.stride)
-    up = lambda c: wh @ np.asarray(c, np.float32) @ ww.T  # noqa: E731  [gh, gw] -> [H, W]
+    up = functools.partial(cells_to_pixels, grid=grid)
     pca = np.stack([up(out["pca"][..., k]) for k in range(3)], -1)
     lo, hi = np.percentile(pca, 0.5), np.percentile(pca, 99.5)  # the paper's display range
     maps = dict(meanshift=up(out["meanshift"]), ncut=up(out["ncut"]), ncut_labels=up(out["ncut_labels"]) >= 0.5,
@@ -83,6 +96,7 @@ def localize_image(image: np.ndarray, embedder: PatchEmbedder, *, consensus: str
 def save_outputs(image: np.ndarray, loc: Localization, out_dir: str, stem: str, model: str = "") -> tuple[str, str]:
     """(png, npy): the map over the photo with a colorbar (titled with `model`, the embedder's name), and the
     raw [H, W] f32 map."""
+    # Lazy: matplotlib is slow to import and only drawing a figure needs it.
     import matplotlib
 
     matplotlib.use("Agg")
@@ -106,8 +120,6 @@ def save_outputs(image: np.ndarray, loc: Localization, out_dir: str, stem: str, 
 
 def expand_photos(paths: Sequence[str]) -> list[str]:
     """The photos named: a folder stands for its image files (sorted, not recursive); files pass as given."""
-    from exif_jax.eval.datasets import IMAGE_SUFFIXES
-
     out = []
     for path in paths:
         p = Path(path)
@@ -127,12 +139,6 @@ def localize_files(paths: Sequence[str], embedder: PatchEmbedder, out_dir: str, 
                    report: bool | None = None, progress: bool = True) -> int:
     """Localize each photo into out_dir (PNG, .npy, a scores.jsonl line) and, with report (default: more
     than one photo), out_dir/report.html; 1 if any photo failed, else 0."""
-    from tqdm import tqdm
-
-    from exif_jax.data.crops import read_rgb
-    from exif_jax.eval import report as html_report
-    from exif_jax.eval.baselines import BASELINE_METHOD
-
     os.makedirs(out_dir, exist_ok=True)
     report = len(paths) > 1 if report is None else report
     method = BASELINE_METHOD.get(embedder.name, "learned")  # the embedder's name says which kind it is
@@ -187,10 +193,6 @@ def run(photos: Sequence[str], out_dir: str, *, checkpoint: str | None = None, b
     """Build the embedder (a trained checkpoint, a baseline at `crop_size`, or else the bundled default model)
     and localize the photos;
     paper_color_bug: feed the checkpoint's image tower the paper evaluator's colour-wrapped crops."""
-    from exif_jax import workdir
-    from exif_jax.cli_args import check_grid
-    from exif_jax.eval.embedders import make_embedders
-
     if checkpoint is not None and baseline is not None:
         raise ValueError("give --checkpoint WORKDIR or --baseline noise|random, not both")
     checkpoint = workdir.default_source(checkpoint, baseline, command="exif-jax localize")
@@ -206,10 +208,6 @@ def run(photos: Sequence[str], out_dir: str, *, checkpoint: str | None = None, b
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     """Flags of `exif-jax localize`."""
-    from exif_jax import cli_args
-    from exif_jax.eval.baselines import BASELINE_METHOD
-    from exif_jax.eval.embedders import DEFAULT_CROP_SIZE
-
     parser.add_argument("photos", nargs="+", help="photos or folders of photos (not their subfolders)")
     cli_args.add_model_source(parser, tuple(BASELINE_METHOD), exclusive=True)
     cli_args.add_crop_size(parser, DEFAULT_CROP_SIZE)

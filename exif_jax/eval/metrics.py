@@ -134,32 +134,6 @@ def normalize_map(score_map: np.ndarray, normalize: str = "minmax") -> np.ndarra
     raise ValueError(f"normalize must be 'minmax' or 'none', got {normalize!r}")
 
 
-def average_precision(score_map: np.ndarray, mask: np.ndarray) -> float:
-    """Pixel AP of the map (not its inverse) against the mask; nan when the mask has no positive."""
-    s, m = _validate(score_map, mask)
-    order = np.argsort(-s, kind="stable")
-    tp, fp = _curve(s[order], m[order])
-    return _average_precision(tp, fp, int(m.sum()))
-
-
-def best_threshold_scores(score_map: np.ndarray, mask: np.ndarray) -> dict[str, float]:
-    """F1, IoU, cIoU, MCC of `map >= t` at each metric's best t (map only, no inverse)."""
-    s, m = _validate(score_map, mask)
-    order = np.argsort(-s, kind="stable")
-    tp, fp = _curve(s[order], m[order])
-    pos = int(m.sum())
-    return {k: float(v.max()) for k, v in _scores(tp, fp, pos, m.size - pos).items()}
-
-
-def threshold_scores(pred: np.ndarray, mask: np.ndarray) -> dict[str, float]:
-    """F1, IoU, cIoU, MCC of a binary prediction against the mask."""
-    p, m = _validate(np.asarray(pred, dtype=bool), mask)
-    p = p.astype(bool)
-    pos = int(m.sum())
-    out = _scores(np.array([np.sum(p & m)]), np.array([np.sum(p & ~m)]), pos, m.size - pos)
-    return {k: float(v[0]) for k, v in out.items()}
-
-
 def localization_scores(score_map: np.ndarray, mask: np.ndarray, *, threshold: float = 0.5,
                         normalize: str = "minmax") -> dict[str, float]:
     """Every per-image localization metric, each the max over the map and its inverse (see module doc)."""

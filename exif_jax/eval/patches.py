@@ -19,6 +19,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -100,8 +101,6 @@ class PatchEmbedder(NamedTuple):
 
 def model_embedder(model: Any, patch_size: int, name: str = "model") -> PatchEmbedder:
     """The DualTower's image tower (eval mode) as a PatchEmbedder."""
-    from flax import nnx
-
     model.eval()
     graphdef, state = nnx.split(model)
 

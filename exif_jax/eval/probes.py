@@ -26,7 +26,15 @@ import sys
 from collections import Counter
 from typing import Any, Mapping, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
+
+from exif_jax.eval import features as F
+from exif_jax.eval.embedders import make_embedders
+from exif_jax.eval.features import add_common_args
+from exif_jax.workdir import default_source, model_name
 
 NUMERIC_TAGS = {"iso": "ISO Speed Ratings", "exposure_time": "Exposure Time", "f_number": "F-Number",
                 "focal_length": "Focal Length"}
@@ -113,10 +121,6 @@ def split_photos(labels: Sequence[str | None], test_fraction: float, seed: int
 def fit_probe(x: np.ndarray, y: np.ndarray, num_classes: int, *, steps: int = 300, lr: float = 0.05,
               l2: float = 1e-3) -> dict[str, np.ndarray]:
     """Softmax regression on standardized x [N, D] -> int labels y [N]: {w, b, mean, std}."""
-    import jax
-    import jax.numpy as jnp
-    import optax
-
     mean, std = x.mean(0), x.std(0) + 1e-6
     xs = jnp.asarray((x - mean) / std, jnp.float32)
     onehot = jax.nn.one_hot(jnp.asarray(y), num_classes)
@@ -207,10 +211,6 @@ def run_probes(checkpoint: str | None, data_dir: str, out_dir: str, *, crops_per
                tasks: Sequence[str] = TASKS, progress: bool = True) -> dict[str, Any]:
     """Extract features from every source, probe every task, write probes.json and probes.md; no checkpoint:
     the bundled default model."""
-    from exif_jax.eval import features as F
-    from exif_jax.eval.embedders import make_embedders
-    from exif_jax.workdir import default_source, model_name
-
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         raise ValueError(f"unknown probe task(s) {unknown}; known: {', '.join(TASKS)}")
@@ -234,8 +234,6 @@ def run_probes(checkpoint: str | None, data_dir: str, out_dir: str, *, crops_per
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     """Flags of `exif-jax probe`."""
-    from exif_jax.eval.features import add_common_args
-
     add_common_args(parser, "probes.json, probes.md (also printed)")
     parser.add_argument("--test-fraction", type=float, default=0.3, metavar="F",
                         help="share of each class's photos held out")

@@ -17,6 +17,7 @@ from typing import Any, Mapping, Sequence
 from urllib.parse import quote
 
 import numpy as np
+from PIL import Image
 
 THUMB = 256  # px, long side of every thumbnail (shown at 112 px: sharp on high-density screens)
 FILES = "report_files"
@@ -27,8 +28,6 @@ SORTS = {"#": ' class="sort" data-col="0" data-first="ascending"',
 
 
 def _resize(image: Any, size: int) -> Any:
-    from PIL import Image
-
     w, h = image.size
     scale = min(1.0, size / max(w, h))
     return image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
@@ -37,8 +36,8 @@ def _resize(image: Any, size: int) -> Any:
 def overlay(thumb: np.ndarray, score_map: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """uint8 [h, w, 3]: the thumbnail blended with the map in the jet colormap, min-max scaled per image as
     the full-size heatmap PNGs (the sign of a consensus map is arbitrary: both ends are informative)."""
+    # Lazy: matplotlib is slow to import and only drawing a figure needs it.
     import matplotlib
-    from PIL import Image
 
     h, w = thumb.shape[:2]
     small = np.asarray(Image.fromarray(np.asarray(score_map, np.float32), mode="F").resize((w, h), Image.BILINEAR))
@@ -52,8 +51,6 @@ def write_thumbnails(out_dir: str, key: str, image: np.ndarray, maps: Mapping[st
                      mask: np.ndarray | None = None, size: int = THUMB) -> dict[str, Any]:
     """Write OUT/report_files/<key>_photo.jpg, _mask.png and _<method>.jpg (one overlay per map); return
     {"photo", "mask", "maps": {method: ...}}, each {"src": path relative to OUT, "width", "height"}."""
-    from PIL import Image
-
     os.makedirs(os.path.join(out_dir, FILES), exist_ok=True)
 
     def save(im: Any, name: str, **kw: Any) -> dict[str, Any]:

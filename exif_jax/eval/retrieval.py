@@ -18,6 +18,13 @@ import sys
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from flax import nnx
+
+from exif_jax.eval import features as F
+from exif_jax.eval.embedders import make_embedders
+from exif_jax.eval.features import add_common_args
+from exif_jax.tokenizer import make_tokenizer
+from exif_jax.workdir import default_source, model_name
 
 KS = (1, 5, 10)
 
@@ -77,8 +84,6 @@ def retrieval_metrics(crop_emb: np.ndarray, crop_photo: np.ndarray, text_emb: np
 
 def embed_texts(model: Any, tokenizer: Any, texts: Sequence[str], batch: int = 64) -> np.ndarray:
     """f32 [len(texts), D] text-tower embeddings, fixed-size padded batches (one compile)."""
-    from flax import nnx
-
     tokens = np.stack([tokenizer.encode(t) for t in texts]).astype(np.int32)
     batch = min(batch, len(tokens))
     pad = np.concatenate([tokens, np.repeat(tokens[:1], -len(tokens) % batch, 0)])
@@ -108,11 +113,6 @@ def run_retrieval(checkpoint: str | None, data_dir: str, out_dir: str, *, crops_
                   limit: int | None = None, step: int | None = None, progress: bool = True) -> dict[str, Any]:
     """Embed crops and texts with the trained and the random-init model (no checkpoint: the bundled default
     model); write retrieval.json / .md."""
-    from exif_jax.eval import features as F
-    from exif_jax.eval.embedders import make_embedders
-    from exif_jax.tokenizer import make_tokenizer
-    from exif_jax.workdir import default_source, model_name
-
     checkpoint = default_source(checkpoint, command="exif-jax retrieval")
     built = make_embedders(("learned", "random-init"), checkpoint=checkpoint, step=step, seed=seed)
     crop, config, models = built.crop_size, built.config, built.models
@@ -135,8 +135,6 @@ def run_retrieval(checkpoint: str | None, data_dir: str, out_dir: str, *, crops_
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     """Flags of `exif-jax retrieval`."""
-    from exif_jax.eval.features import add_common_args
-
     add_common_args(parser, "retrieval.json, retrieval.md (also printed)")
 
 

@@ -31,7 +31,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from exif_jax import exif
+from exif_jax import cli_args, exif
+from exif_jax.data.crops import read_rgb
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp")
 MIN_FRACTION, MAX_FRACTION = 0.05, 0.30
@@ -88,8 +89,6 @@ def scan_photos(images_dir: str | Path) -> tuple[list[Photo], Counter]:
 
 @functools.lru_cache(maxsize=16)
 def _pixels(path: Path) -> np.ndarray:
-    from exif_jax.data.crops import read_rgb
-
     return read_rgb(path)
 
 
@@ -233,8 +232,6 @@ def make_splices(images_dir: str | Path, out_dir: str | Path, n: int, seed: int 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     """Flags of `exif-jax make-splices`."""
-    from exif_jax import cli_args
-
     parser.add_argument("--images", required=True, metavar="DIR", help="folder of camera photos (searched recursively)")
     cli_args.add_out(parser, "images/, masks/, manifest.jsonl, summary.json (eval-localize --dataset folder:OUT); "
                              "with --jpeg-quality Q also a recompressed copy in OUT/jpeg_qQ")

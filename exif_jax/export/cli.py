@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import Any
 
 import ml_collections
+
+from exif_jax import cli_args, workdir
+from exif_jax.export import NotExportable, hf, hf_towers, timm
+from exif_jax.tokenizer import BUNDLED_MODEL
 
 FORMATS = ("hf", "timm", "all")
 
 
 def tokenizer_path(config: ml_collections.ConfigDict) -> str:
     """The sentencepiece model the run trained with (the bundled one when config.tokenizer.model is empty)."""
-    from exif_jax.tokenizer import BUNDLED_MODEL
-
     path = config.tokenizer.model or str(BUNDLED_MODEL)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"tokenizer model {path} (config.tokenizer.model) not found")
@@ -30,9 +33,6 @@ def export(checkpoint: str | None, out_dir: str, fmt: str | None = "all", *,
            step: int | None = None) -> dict[str, Any]:
     """Export a workdir's checkpoint (newest, or `step`; none: the bundled default model) in `fmt` (None: every
     format the model fits, the others listed under "skipped" with the reason); returns what was written."""
-    from exif_jax import workdir
-    from exif_jax.export import NotExportable, hf, hf_towers, timm
-
     checkpoint = workdir.default_source(checkpoint, command="exif-jax export")
     if fmt not in (*FORMATS, None):
         raise ValueError(f"--format must be one of {FORMATS}, got {fmt!r}")
@@ -68,8 +68,6 @@ def export(checkpoint: str | None, out_dir: str, fmt: str | None = "all", *,
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     """Flags of `exif-jax export`."""
-    from exif_jax import cli_args
-
     cli_args.add_model_source(parser)
     cli_args.add_out(parser, "hf: a transformers SiglipModel folder (config.json, model.safetensors, tokenizer, "
                              "preprocessor; ResNet towers: image/ and text/ models + dual_encoder.json); timm: "
@@ -82,10 +80,6 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 def cli_main(args: argparse.Namespace) -> int:
     """Run `exif-jax export`."""
-    import sys
-
-    from exif_jax.export import NotExportable
-
     try:
         result = export(args.checkpoint, args.out, args.format, step=args.step)
     except (NotExportable, FileNotFoundError, ValueError) as e:

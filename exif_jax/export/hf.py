@@ -28,6 +28,8 @@ import ml_collections
 import numpy as np
 
 from exif_jax.export.layout import NotExportable, flat_params, log_logit_scale, to_torch, write_safetensors
+from exif_jax.models import towers
+from exif_jax.tokenizer import EOS_ID, PAD_ID, UNK_ID
 
 HIDDEN_ACT = "gelu_pytorch_tanh"
 LN_EPS = 1e-6
@@ -163,9 +165,8 @@ def siglip_text_config(config: ml_collections.ConfigDict, vocab_size: int) -> di
 
 def siglip_config(model: Any, config: ml_collections.ConfigDict, vocab_size: int) -> Any:
     """transformers.SiglipConfig describing the two towers (sizes read from the config and the model)."""
+    # Lazy: transformers is the [torch] extra; only an export needs it.
     from transformers import SiglipConfig
-
-    from exif_jax.models import towers
 
     m = config.model
     s = towers.vit_sizes(m.image)
@@ -181,12 +182,11 @@ def siglip_config(model: Any, config: ml_collections.ConfigDict, vocab_size: int
 
 def hf_tokenizer(sp_model_path: str, max_len: int, *, mask_pad: bool) -> Any:
     """A transformers fast tokenizer that encodes exactly as exif_jax.tokenizer.Tokenizer (ids, eos, pad 0)."""
+    # Lazy: tokenizers and transformers are the [torch] extra; protobuf's schema only for this conversion.
     import sentencepiece.sentencepiece_model_pb2 as sp_pb2
     from tokenizers import processors
     from transformers import PreTrainedTokenizerFast
     from transformers.convert_slow_tokenizer import SpmConverter
-
-    from exif_jax.tokenizer import EOS_ID, PAD_ID, UNK_ID
 
     proto = sp_pb2.ModelProto()
     with open(sp_model_path, "rb") as f:

@@ -38,6 +38,7 @@ from exif_jax.export.layout import (
     tower_state_dict,
     write_safetensors,
 )
+from exif_jax.models import resnet, towers
 
 MANIFEST = "dual_encoder.json"
 
@@ -97,9 +98,8 @@ def resnet_state_dict(model: Any) -> dict[str, np.ndarray]:
 
 def resnet_config(model: Any, config: ml_collections.ConfigDict) -> Any:
     """transformers.ResNetConfig: torchvision's v1.5 bottleneck (stride in the 3x3), our stage sizes and head."""
+    # Lazy: transformers is the [torch] extra; only an export needs it.
     from transformers import ResNetConfig
-
-    from exif_jax.models import resnet, towers
 
     variant, width = towers.resnet_sizes(config.model.image)
     stages = resnet.stages_for(variant)
@@ -135,6 +135,7 @@ def distilbert_state_dict(model: Any) -> dict[str, np.ndarray]:
 
 
 def distilbert_config(model: Any, config: ml_collections.ConfigDict) -> Any:
+    # Lazy: transformers is the [torch] extra; only an export needs it.
     from transformers import DistilBertConfig
 
     t = config.model.text
@@ -148,7 +149,8 @@ def distilbert_config(model: Any, config: ml_collections.ConfigDict) -> Any:
 
 
 def _save_wordpiece(vocab_path: str, config: ml_collections.ConfigDict, out_dir: str) -> None:
-    # DistilBertTokenizer(vocab_file=...) ignores the file in transformers 5.x: load from a directory instead.
+    # Lazy: transformers is the [torch] extra. DistilBertTokenizer(vocab_file=...) ignores the file in
+    # transformers 5.x: load from a directory instead.
     from transformers import DistilBertTokenizer
 
     shutil.copyfile(vocab_path, os.path.join(out_dir, "vocab.txt"))
@@ -162,6 +164,7 @@ def _save_wordpiece(vocab_path: str, config: ml_collections.ConfigDict, out_dir:
 def export_towers(model: Any, config: ml_collections.ConfigDict, out_dir: str, *,
                   tokenizer_model: str) -> dict[str, Any]:
     """Write OUT/image (ResNetForImageClassification), OUT/text and OUT/dual_encoder.json."""
+    # Lazy: transformers is the [torch] extra; only an export needs it.
     from transformers import SiglipTextConfig
 
     check_towers_exportable(config)

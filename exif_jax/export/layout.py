@@ -16,6 +16,7 @@ import os
 from typing import Any
 
 import numpy as np
+from flax import nnx
 
 # Axis permutations flax -> torch by kernel rank; torch -> flax is their inverse.
 _TO_TORCH = {4: (3, 2, 0, 1), 2: (1, 0)}
@@ -71,8 +72,6 @@ def torch_key(path: tuple) -> str:
 
 def flat_params(model: Any) -> dict[str, np.ndarray]:
     """Every nnx.Param of the model as float32 NumPy, keyed by its '/'-joined path (e.g. 'image/pos_embedding')."""
-    from flax import nnx
-
     out = {}
     for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         out["/".join(str(p) for p in path)] = np.asarray(var[...], dtype=np.float32)
@@ -81,8 +80,6 @@ def flat_params(model: Any) -> dict[str, np.ndarray]:
 
 def flat_variables(module: Any, prefix: str) -> dict[tuple, np.ndarray]:
     """Every variable (parameters and BatchNorm statistics) of a tower, keyed by its full path."""
-    from flax import nnx
-
     return {(prefix, *path): np.asarray(var[...], np.float32)
             for path, var in nnx.to_flat_state(nnx.state(module))}
 
@@ -114,6 +111,7 @@ def torchvision_state_dict(model: Any) -> dict[str, np.ndarray]:
 
 def write_safetensors(state: dict, path: str) -> None:
     """NumPy arrays -> a safetensors file torch loads (metadata format "pt"), readable like the rest of the export."""
+    # Lazy: safetensors is the [torch] extra; only writing an export needs it.
     from safetensors.numpy import save_file
 
     save_file(state, path, metadata={"format": "pt"})

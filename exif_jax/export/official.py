@@ -28,9 +28,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
 
+from exif_jax import checkpoint, cli_args
+from exif_jax.config import load_config
 from exif_jax.export.layout import to_flax, torch_key, torch_shape
+from exif_jax.models import towers
+from exif_jax.wordpiece import WordPiece
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "official.py"
 SKIPPED_KEYS = frozenset({
@@ -51,7 +59,7 @@ def _skipped(key: str) -> bool:
 
 def read_state_dict(weights: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """({key: f32 array} of the official file, {"epoch": ...}); only `torch.load(weights_only=True)` is used."""
-    try:
+    try:  # lazy: torch is the [torch] extra, and only reading the paper's file needs it
         import torch
     except ImportError as e:
         raise OfficialCheckpointError("reading PyTorch weights needs torch: pip install 'exif-jax[torch]'") from e
@@ -97,8 +105,6 @@ def _listing(items: list[str], limit: int = 25) -> str:
 def map_state(sd: Mapping[str, np.ndarray], abstract: Any, *, source: str = "checkpoint") -> dict[tuple, np.ndarray]:
     """{our path: array} for every variable of `abstract` (nnx State of the model), or one error listing
     every missing key, unexpected key, shape mismatch and non-finite tensor."""
-    from flax import nnx
-
     wanted = {tuple(p): v for p, v in nnx.to_flat_state(abstract)}
     out, missing, bad_shape, bad_dtype, non_finite, used = {}, [], [], [], [], set()
     for path, var in wanted.items():
@@ -150,16 +156,6 @@ def import_official(weights: str | os.PathLike, vocab: str | os.PathLike, out: s
                     config_path: str | os.PathLike | None = None) -> str:
     """Convert the official checkpoint into OUT (config.json, ckpt/0, vocab.txt, import.json); returns OUT.
     OUT must not exist; it appears only when everything matched and was written."""
-    import jax
-    import jax.numpy as jnp
-    import orbax.checkpoint as ocp
-    from flax import nnx
-
-    from exif_jax import checkpoint
-    from exif_jax.config import load_config
-    from exif_jax.models import towers
-    from exif_jax.wordpiece import WordPiece
-
     weights, vocab, out = os.fspath(weights), os.fspath(vocab), Path(out).resolve()
     if out.exists():
         raise FileExistsError(f"{out}: already exists; give a new --out directory")
@@ -217,8 +213,6 @@ def import_official(weights: str | os.PathLike, vocab: str | os.PathLike, out: s
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     """Flags of `exif-jax import-official`."""
-    from exif_jax import cli_args
-
     parser.add_argument("--weights", required=True, metavar="FILE", help="the official checkpoint (train.py's .pth)")
     parser.add_argument("--vocab", required=True, metavar="FILE", help="distilbert-base-uncased's vocab.txt")
     cli_args.add_out(parser, "a new folder (it must not exist): config.json, ckpt/0, vocab.txt, import.json; a "

@@ -6,14 +6,13 @@ import os
 from typing import Any
 
 import numpy as np
+from flax import nnx
+
+from exif_jax.tokenizer import make_tokenizer
 
 
 def _jax_side(model: Any, config: Any, crops: np.ndarray, texts: list[str]) -> dict[str, Any]:
     """Our ids, normalized pixels, embeddings and logits for the crops and texts (eval mode: BN running stats)."""
-    from flax import nnx
-
-    from exif_jax.tokenizer import make_tokenizer
-
     model.eval()
     ids, n_truncated = make_tokenizer(config).encode_batch(texts)
     # The processor's pixels must be the model's in-graph normalization of the uint8 crop.
@@ -47,6 +46,7 @@ def hf_parity(model: Any, config: Any, export_dir: str, crops: np.ndarray, texts
     (SiglipModel for ViT towers; the per-tower export of hf_towers when OUT/dual_encoder.json exists)."""
     if os.path.isfile(os.path.join(export_dir, "dual_encoder.json")):
         return towers_parity(model, config, export_dir, crops, texts)
+    # Lazy: torch and transformers are the [torch] extra; only a parity check needs them.
     import torch
     import transformers
 
@@ -67,6 +67,7 @@ def hf_parity(model: Any, config: Any, export_dir: str, crops: np.ndarray, texts
 def towers_parity(model: Any, config: Any, export_dir: str, crops: np.ndarray, texts: list[str]) -> dict[str, Any]:
     """hf_parity for a per-tower export: ResNetForImageClassification + SiglipTextModel / DistilBertModel,
     pooled and scaled as OUT/dual_encoder.json says (the recipe a user follows)."""
+    # Lazy: torch and transformers are the [torch] extra; only a parity check needs them.
     import torch
     import transformers
 

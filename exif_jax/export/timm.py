@@ -32,6 +32,7 @@ from exif_jax.export.layout import (
     torchvision_state_dict,
     write_safetensors,
 )
+from exif_jax.models import resnet, towers, vit
 
 NPZ_NAME = "vit_big_vision.npz"
 RESNET_NAME = "resnet_timm.safetensors"
@@ -58,8 +59,6 @@ def big_vision_tree(model: Any) -> dict[str, np.ndarray]:
 
 
 def _named_variant(img: ml_collections.ConfigDict) -> str | None:
-    from exif_jax.models import towers, vit
-
     sizes = towers.vit_sizes(img)
     for name, (width, depth, heads, mlp_dim) in vit.VARIANTS.items():
         if (width, depth, heads, mlp_dim) == (sizes["width"], sizes["depth"], sizes["heads"], sizes["mlp_dim"]):
@@ -77,8 +76,6 @@ def mlp_ratio_for(width: int, mlp_dim: int) -> float:
 
 def timm_spec(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """{"kwargs": VisionTransformer kwargs, "model_name": a registered timm name or None, "mean", "std"}."""
-    from exif_jax.models import towers
-
     m = config.model
     img = m.image
     if img.kind == "resnet":
@@ -112,8 +109,6 @@ def timm_spec(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 def _resnet_spec(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """timm.models.resnet.ResNet kwargs (block=Bottleneck) of our torchvision-layout ResNet."""
-    from exif_jax.models import resnet, towers
-
     img = config.model.image
     variant, width = towers.resnet_sizes(img)
     if width != 64:  # timm's plain stem is 64 channels whatever `channels` says

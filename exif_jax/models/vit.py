@@ -33,7 +33,6 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 LN_EPS = 1e-6
@@ -302,6 +301,3 @@ def vit_forward_flops(image_size: int, patch: int, width: int, depth: int, mlp_d
     return float(flops)
 
 
-def count_params(module: nnx.Module) -> int:
-    """Number of nnx.Param scalars (running statistics excluded), works on nnx.eval_shape outputs."""
-    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(nnx.state(module, nnx.Param))))

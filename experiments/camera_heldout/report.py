@@ -1,10 +1,11 @@
 """The camera-held-out experiment's report: README.md, tables, curves and heatmaps from the stages' JSON outputs.
 
-  python -m exif_jax.experiment report --workdir DIR --split configs/splits/camera_heldout.json \
+  python -m experiments.camera_heldout.experiment report --workdir DIR --split configs/splits/camera_heldout.json \
       --out docs/experiments/camera_heldout
 
 Every number in the report is read from a file a stage wrote (metrics.json, per_image.csv, probes.json, ...),
-never typed in; the commands in its Reproduce section are the stage commands from timings.json.
+never typed in; the commands in its Reproduce section are the stage commands from timings.json, in today's
+spelling (RESPELLED: the study's commands left the package after they ran).
 """
 from __future__ import annotations
 
@@ -17,12 +18,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from exif_jax import workdir as workdir_lib
+
 # The paper's setting, for the comparison paragraph (Zheng et al. 2023: YFCC100M training set, Columbia
 # spliced-only p-mAP of the released checkpoint, 124-px crops as in configs/official.py).
 PAPER_TRAIN_PHOTOS = 1_500_000
 PAPER_COLUMBIA_PMAP = 0.94
 PAPER_CROP = 124
 EVAL_COPIES = (("png", "eval_png", "lossless PNG"), ("jpeg_q90", "eval_jpeg_q90", "recompressed at JPEG quality 90"))
+# Old spelling -> today's, for the stage commands timings.json recorded (applied in order).
+RESPELLED = (("python -m exif_jax.experiment package", "exif-jax package"),
+             ("python -m exif_jax.experiment", "python -m experiments.camera_heldout.experiment"),
+             (" --quiet", " --no-progress"))
 LOC_COLS = (("ap", "p-mAP"), ("ciou", "cIoU"), ("mcc", "MCC"), ("f1", "F1"), ("ciou@0.5", "cIoU@0.5"),
             ("mcc@0.5", "MCC@0.5"), ("f1@0.5", "F1@0.5"))
 
@@ -169,8 +176,6 @@ def write_report(workdir: str, split_path: str, out: str, n_heatmaps: int = 4) -
     split = _load(split_path)
     if split is None:
         raise FileNotFoundError(f"{split_path}: split file not found (run the split step)")
-    from exif_jax import workdir as workdir_lib
-
     # The one workdir reader: the config upgraded to the current schema, presets resolved (what was built).
     config = workdir_lib.read_config(str(wd / "run")).to_dict()
     rows = read_metrics(wd / "run" / "metrics.jsonl")
@@ -197,8 +202,8 @@ def write_report(workdir: str, split_path: str, out: str, n_heatmaps: int = 4) -
     L = ["# Camera-held-out experiment", "",
          "Train the two towers on photos from some camera models, then test everything (splice localization, "
          "linear probes, crop->EXIF retrieval) on photos from camera models training never saw. This file is "
-         "written by `python -m exif_jax.experiment report`; every number below is read from the JSON outputs "
-         "listed with it (copies in this folder).", "",
+         "written by `python -m experiments.camera_heldout.experiment report`; every number below is read from "
+         "the JSON outputs "         "listed with it (copies in this folder).", "",
          "## Split", "",
          f"- Source: `../shared/data/photos` ({split['n_photos']['train'] + split['n_photos']['test']} photos, "
          f"{split['n_cameras']['train'] + split['n_cameras']['test']} camera models).",
@@ -269,14 +274,24 @@ def write_report(workdir: str, split_path: str, out: str, n_heatmaps: int = 4) -
             cis[k]["learned-classical"] = diff
     (o / "bootstrap_ci.json").write_text(json.dumps(cis, indent=1) + "\n", encoding="utf-8")
     L += reading(evals, cis, probes, retr, split, summary) + [""]
-    L += ["## Reproduce", "", "From the repo root (the stage commands as they ran, from `timings.json`; "
-          "wrap each in `python -m exif_jax.experiment stage --timings W/timings.json --name N --` to time it):",
+    L += ["## Reproduce", "", "From the repo root (the stage commands as they ran, from `timings.json`, in today's "
+          "spelling; "
+          "wrap each in `python -m experiments.camera_heldout.experiment stage --timings W/timings.json --name N --` "
+          "to time it):",
           "", "```"]
-    L += ["export JAX_PLATFORMS=cpu"] + [s["cmd"] for s in timings["stages"]]
-    L += [f"python -m exif_jax.experiment report --workdir {workdir} --split {split_path} --out {out}", "```", ""]
+    L += ["export JAX_PLATFORMS=cpu"] + [respell(s["cmd"]) for s in timings["stages"]]
+    L += [f"python -m experiments.camera_heldout.experiment report --workdir {workdir} --split {split_path} "
+          f"--out {out}", "```", ""]
     text = "\n".join(L)
     (o / "README.md").write_text(text, encoding="utf-8")
     return text
+
+
+def respell(cmd: str) -> str:
+    """A recorded stage command in today's spelling."""
+    for old, new in RESPELLED:
+        cmd = cmd.replace(old, new)
+    return cmd
 
 
 def _get(d: dict | None, *keys: str) -> Any:
