@@ -203,12 +203,13 @@ def band_spans(row: np.void, head: Head, r0: int, r1: int, c0: int, c1: int) -> 
 
 
 _RST = np.resize(np.arange(0xD0, 0xD8, dtype=np.uint8), 1 << 16)
+_ARANGE = np.arange(1 << 16)
 
 
 def _mcu_ends(buf: np.ndarray) -> np.ndarray:
     """End offsets (after the marker) of every RST marker in `buf`."""
-    hit = np.flatnonzero((buf[:-1] == 0xFF) & ((buf[1:] & 0xF8) == 0xD0))
-    return hit + 2
+    ff = np.flatnonzero(buf[:-1] == 0xFF)  # sparse: markers and stuffed 0xFF 0x00 pairs
+    return ff[(buf[ff + 1] & 0xF8) == 0xD0] + 2
 
 
 def region_jpeg(row: np.void, head: Head, pieces: Sequence[tuple[int, bytes]], r0: int, r1: int, c0: int,
@@ -229,11 +230,13 @@ def region_jpeg(row: np.void, head: Head, pieces: Sequence[tuple[int, bytes]], r
         col0 = head.col_start[b, c0:c1] - head.col_start[b, c0]
         col_end = col0 + head.col_len[b, c0:c1]
         which = np.searchsorted(ends, col0, side="right")
-        if len(ends) < ncol * nrow or not np.all(np.diff(np.append(which, len(ends))) >= nrow):
+        take = which[:, None] + _ARANGE[None, :nrow]                  # [ncol, nrow]
+        if take[-1, -1] >= len(ends):
             raise ValueError(f"{what}: band {b} has fewer MCU markers than its table says; the pixel file is "
                              f"damaged")
-        e = ends[which[:, None] + np.arange(nrow)[None, :]]           # [ncol, nrow]
-        if np.any(e > col_end[:, None]):
+        e = ends[take]
+        # Each column's last MCU must end inside the column (a marker missing would borrow the next one's).
+        if (e[:, -1] > col_end).any():
             raise ValueError(f"{what}: band {b}: an MCU runs past its column; the pixel file is damaged")
         s = np.concatenate([col0[:, None], e[:, :-1]], axis=1)
         lo, hi = max(r0, band_r0) - band_r0, min(r1, band_r1) - band_r0
