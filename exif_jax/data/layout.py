@@ -218,7 +218,6 @@ def region_jpeg(row: np.void, head: Head, pieces: Sequence[tuple[int, bytes]], r
     band_spans named; returns (jpeg, y0, x0, ph, pw) as crops.region_jpeg does."""
     B = int(row["band_rows"])
     mh, mw = int(row["mcu_h"]), int(row["mcu_w"])
-    ncol = c1 - c0
     starts_all, ends_all = [], []
     base = 0
     for b, data in pieces:
