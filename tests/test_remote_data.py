@@ -249,3 +249,24 @@ def test_eval_reads_and_writes_object_storage(s3_server, monkeypatch, tmp_path):
     assert local and storage.walk_files("s3://evalio/maps") == local
     with pytest.raises(FileNotFoundError, match="s3://evalio/in/nope.jpg"):
         cli.main(["localize", "s3://evalio/in/nope.jpg", "-o", "s3://evalio/maps2", *args])
+
+
+def test_truncated_or_damaged_pixel_file_is_named(local_build, tmp_path):
+    """A pixel file shorter than its index says, or with a band's bytes overwritten, is an error naming it."""
+    import shutil
+
+    d = tmp_path / "copy"
+    shutil.copytree(local_build, d)
+    build = reader.Build(str(d))
+    row = build.index[0]
+    pix = d / layout.sibling(layout.shard_name(int(row["shard"]), 3), layout.PIXELS_SUFFIX)
+    data = bytearray(pix.read_bytes())
+    # Overwrite the first band's bytes (after the head) with zeros: its RST markers are gone.
+    start = int(row["at"]) + int(row["head_len"]) + 4096
+    data[start:start + 20000] = bytes(20000)
+    pix.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=f"{pix}.*damaged"):
+        reader.Build(str(d)).fetch([0], [np.zeros((1, 2), np.int64)], 128)
+    pix.write_bytes(bytes(data[: int(row["at"]) + 100]))
+    with pytest.raises(OSError, match=f"{pix}.*truncated"):
+        reader.Build(str(d)).fetch([0], [np.zeros((1, 2), np.int64)], 128)
