@@ -403,3 +403,38 @@ def checkpoint_args(it: GlobalBatchIterator | grain.DatasetIterator) -> Any:
 def restore_args(it: GlobalBatchIterator | grain.DatasetIterator) -> Any:
     """orbax restore args: restoring sets `it`'s state in place (one JSON file per process)."""
     return grain.checkpoint.CheckpointRestore(item=_grain_iterator(it))
+
+
+def set_position(it: GlobalBatchIterator | grain.DatasetIterator, config: ml_collections.ConfigDict,
+                 batches_done: int) -> None:
+    """Continue after `batches_done` batches, in any process count (elastic resume).
+
+    At one crop per photo, global batch j is positions j*G .. (j+1)*G - 1 of the global stream whatever the
+    process count (each process takes every P-th position, then batches its share), so the state a run needs
+    is only how many batches were taken: each process's iterator is set to its j-th batch (with grain worker
+    processes: worker w made batches w, w + W, ...). With k > 1 crops per photo a batch mixes the crops of a
+    process's own photos (and the spread window permutes them), so batches depend on the process count: that
+    is refused here, with the reason.
+    """
+    k = int(config.data.crops_per_image)
+    if k != 1:
+        raise ValueError(
+            f"resuming on another process count is exact only at data.crops_per_image=1 (this run has {k}): each "
+            f"batch of a k>1 run holds the crops of its own process's photos, in a window permuted per process; "
+            f"resume on the process count the checkpoint was written with")
+    grain_it = _grain_iterator(it)
+    state = grain_it.get_state()
+    workers = int(config.data.worker_count)
+    if workers <= 0:
+        if set(state) != {"next_index"}:
+            raise RuntimeError(f"unexpected grain iterator state {sorted(state)}; cannot set its position")
+        grain_it.set_state({"next_index": int(batches_done)})
+        return
+    expected = {"next_index_in_cycle", "next_index_in_datasets", "iterators_in_use_indices",
+                "iterators_in_use_states", "exhausted", "future_states"}
+    if set(state) != expected or len(state["iterators_in_use_states"]) != workers:
+        raise RuntimeError(f"unexpected grain multiprocess state {sorted(state)}; cannot set its position")
+    n = int(batches_done)
+    state = dict(state, next_index_in_cycle=n % workers,
+                 iterators_in_use_states=[{"next_index": max(0, -(-(n - w) // workers))} for w in range(workers)])
+    grain_it.set_state(state)
