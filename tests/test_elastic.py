@@ -2,11 +2,10 @@
 examples an uninterrupted run's batch j holds (image_id and offset), with or without grain worker processes."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
+from test_pipeline import ByteTokenizer, make_config
 
 from exif_jax.data import pipeline
-from test_pipeline import ByteTokenizer, make_config
 
 G = 8  # global batch
 

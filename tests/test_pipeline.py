@@ -9,6 +9,7 @@ from pathlib import Path
 
 import jax
 import ml_collections
+import msgpack
 import numpy as np
 import pytest
 from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
@@ -43,11 +44,17 @@ class ByteTokenizer:
         return np.stack([self.encode(t) for t in texts]), 0
 
 
+def encode_v1(image: bytes, **fields) -> bytes:
+    """A version 1 record (original bytes inline), as older builds wrote it; the loader still reads them."""
+    payload = {"image": image, **{k: fields[k] for k in records._V1_FIELDS[1:]}, "v": 1}
+    return msgpack.packb(payload, use_bin_type=True)
+
+
 def _record(data: bytes, path: str, text: str) -> bytes:
     """A version 1 record (original bytes inline), as older builds wrote: the loader still reads them."""
     with Image.open(io.BytesIO(data)) as im:
         w, h = im.size
-    return records.encode_v1(data, text=text, tags={}, width=w, height=h, camera="test|test", path=path,
+    return encode_v1(data, text=text, tags={}, width=w, height=h, camera="test|test", path=path,
                              sha256=hashlib.sha256(data).hexdigest())
 
 
@@ -280,7 +287,7 @@ def test_image_smaller_than_crop_names_its_path(tmp_path):
     d2 = str(tmp_path / "liar")
     os.makedirs(d2)
     w = ArrayRecordWriter(os.path.join(d2, "records-00000-of-00001.array_record"), "group_size:1")
-    w.write(records.encode_v1(data, text="c", tags={}, width=640, height=480, camera="t|t", path="/photos/liar.jpg",
+    w.write(encode_v1(data, text="c", tags={}, width=640, height=480, camera="t|t", path="/photos/liar.jpg",
                               sha256=hashlib.sha256(data).hexdigest()))
     w.close()
     with pytest.raises(ValueError, match=r"/photos/liar\.jpg.*smaller than"):

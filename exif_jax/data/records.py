@@ -6,6 +6,10 @@ original rewritten losslessly with a restart marker after every MCU (same DCT co
 quantization tables, so the same decoded pixels) and `fast` says where its MCUs are; otherwise it is the
 original file and `fast_reason` says why. `original` holds the untouched file when build-data ran with
 --keep-original. Version 1 records (the original bytes inline as `image`) are still read.
+
+In builds of the range-read layout (exif_jax/data/layout.py, `fast["layout"] == 3`), `jpeg` is the photo's
+whole blob in the pixel file (its head holds this record again, then the MCU bands) and `fast` the band
+geometry; in earlier builds `jpeg` is the stream itself and `fast` a crops.FastIndex.
 """
 from __future__ import annotations
 
@@ -60,9 +64,3 @@ def decode_record(data: bytes) -> Record:
         return {**payload, "bytes": len(payload["image"]), "jpeg": None, "fast": None,
                 "fast_reason": "record_version_1", "original": None}  # type: ignore[return-value]
     raise ValueError(f"not an exif-jax record (version {v!r})")
-
-
-def encode_v1(image: bytes, **fields: Any) -> bytes:
-    """A version 1 record (original bytes inline): what older builds wrote; for tests and conversions."""
-    payload = {"image": image, **{k: fields[k] for k in _V1_FIELDS[1:]}, "v": 1}
-    return msgpack.packb(payload, use_bin_type=True)
