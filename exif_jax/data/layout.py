@@ -16,13 +16,12 @@ A blob of a photo whose stream was rewritten with a restart marker after every M
     bands  band 0 | band 1 | ...
 
 The MCU grid is cut into bands of BAND_ROWS MCU rows. A band stores its MCUs column by column (all of the
-band's rows of column 0, then column 1, ...), each MCU ending in an RST marker, each column padded with
-zero bytes to a multiple of `unit` bytes; its table entry is the column's padded length in units (uint8, or
-uint16 when a column is longer than 255 units). So the MCUs a crop covers in one band are ONE byte range,
-and a crop reads: the head up to the tables of the last band it needs (request 1), then one range per
-band it touches (1 or 2 more). MCU boundaries inside a range are found from the RST markers (entropy-coded
-data never holds 0xFF followed by 0xD0..0xD7, and the padding holds no 0xFF). A host keeps only the index
-rows in memory (INDEX_DTYPE.itemsize bytes a photo); records are read with the head.
+band's rows of column 0, then column 1, ...): a column is its MCUs' lengths (uint8, or uint16 when an MCU is
+longer than 255 bytes), then the MCUs, each ending in an RST marker, then zero bytes up to a multiple of
+`unit` bytes; its table entry is the column's padded length in units (uint8, or uint16 when a column is
+longer than 255 units). So the MCUs a crop covers in one band are ONE byte range, and a crop reads: the head
+up to the tables of the last band it needs (request 1), then one range per band it touches (1 or 2 more).
+A host keeps only the index rows in memory (INDEX_DTYPE.itemsize bytes a photo); records come with the head.
 
 A blob of a photo decoded whole ("whole": progressive, 12-bit, ...): FIXED | record | the stored JPEG.
 """
@@ -44,8 +43,8 @@ LAYOUT_VERSION = 3
 BAND_ROWS = 24      # MCU rows a band: a 128-px crop (+ chroma context) touches 1.5 bands on average
 MAGIC = b"EXJ3"
 KIND_BANDED, KIND_WHOLE = 1, 2
-# magic, kind, table_bytes, unit_shift, pad, record_len, header_len, body_len (whole: stream length),
-# sof_hw_at, band_rows, mcu_h, mcu_w, mcus_y, mcus_x
+# magic, kind, table_bytes, unit_shift, len_bytes (of an MCU length), record_len, header_len,
+# body_len (whole: stream length), sof_hw_at, band_rows, mcu_h, mcu_w, mcus_y, mcus_x
 _FIXED = struct.Struct("<4sBBBBIIIIHBBHH")
 FIXED_LEN = 32
 assert _FIXED.size <= FIXED_LEN
@@ -79,11 +78,15 @@ def _band_columns(data: bytes, offsets: np.ndarray, mcus_y: int, mcus_x: int, ba
     lengths = np.diff(off).reshape(mcus_y, mcus_x)
     bands = -(-mcus_y // band_rows)
     # Every MCU, the photo's last included, gets a marker here (the reader drops the last one it copies).
-    last_extra = 2
+    stored = lengths.copy()
+    stored[-1, -1] += 2
+    if stored.max() >= 1 << 16:
+        raise ValueError(f"an MCU of {stored.max()} bytes")
+    len_bytes = 1 if stored.max() < 256 else 2
     col_bytes = np.zeros((bands, mcus_x), np.int64)
     for b in range(bands):
-        col_bytes[b] = lengths[b * band_rows:(b + 1) * band_rows].sum(0)
-    col_bytes[-1, -1] += last_extra
+        rows = stored[b * band_rows:(b + 1) * band_rows]
+        col_bytes[b] = rows.sum(0) + len(rows) * len_bytes
     unit_shift = 4
     while (-(-col_bytes.max() >> unit_shift)) >= 1 << 16:
         unit_shift += 1
@@ -94,15 +97,16 @@ def _band_columns(data: bytes, offsets: np.ndarray, mcus_y: int, mcus_x: int, ba
     for b in range(bands):
         r0, r1 = b * band_rows, min((b + 1) * band_rows, mcus_y)
         parts = []
+        heads = stored[r0:r1].T.astype("u1" if len_bytes == 1 else "<u2")  # [mcus_x, rows]
         for c in range(mcus_x):
             idx = np.arange(r0, r1) * mcus_x + c
-            col = b"".join(src[off[i]:off[i + 1]] for i in idx)
+            col = b"".join([heads[c].tobytes(), *(src[off[i]:off[i + 1]] for i in idx)])
             if idx[-1] == n_mcu - 1:
                 col += b"\xff\xd0"
             pad = (int(units[b, c]) << unit_shift) - len(col)
             parts.append(col + b"\0" * pad)
         out.append(b"".join(parts))
-    return out, units, table_bytes, unit_shift
+    return out, units, table_bytes, unit_shift, len_bytes
 
 
 def encode_banded(record: bytes, stream: bytes, header_len: int, sof_hw_at: int, offsets: np.ndarray,
@@ -110,9 +114,9 @@ def encode_banded(record: bytes, stream: bytes, header_len: int, sof_hw_at: int,
                   ) -> tuple[bytes, dict]:
     """A banded blob from a restart-per-MCU stream (MCU i is stream[offsets[i]:offsets[i+1]]); returns the
     blob and its index fields (all but shard and at)."""
-    bands, units, table_bytes, unit_shift = _band_columns(stream, offsets, mcus_y, mcus_x, band_rows)
+    bands, units, table_bytes, unit_shift, len_bytes = _band_columns(stream, offsets, mcus_y, mcus_x, band_rows)
     header = bytes(stream[:header_len])
-    fixed = _FIXED.pack(MAGIC, KIND_BANDED, table_bytes, unit_shift, 0, len(record), len(header),
+    fixed = _FIXED.pack(MAGIC, KIND_BANDED, table_bytes, unit_shift, len_bytes, len(record), len(header),
                         sum(map(len, bands)), sof_hw_at, band_rows, mcu_h, mcu_w, mcus_y, mcus_x)
     fixed = fixed.ljust(FIXED_LEN, b"\0")
     tables = units.astype("u1" if table_bytes == 1 else "<u2").tobytes()
@@ -144,15 +148,16 @@ def index_rows(entries: Sequence[dict]) -> np.ndarray:
 class Head:
     """A parsed head: the record's bytes, the JPEG header, and for banded blobs where each column is."""
 
-    __slots__ = ("record", "header", "sof_hw_at", "col_start", "col_len", "data_at")
+    __slots__ = ("record", "header", "sof_hw_at", "col_start", "col_len", "data_at", "len_bytes")
 
     def __init__(self, buf: bytes | memoryview, row: np.void, what: str):
         buf = memoryview(buf)
         if len(buf) < FIXED_LEN or bytes(buf[:4]) != MAGIC:
             raise ValueError(f"{what}: not an exif-jax pixel blob (layout {LAYOUT_VERSION}); the pixel file is "
                              f"damaged or from another build")
-        (_, kind, table_bytes, unit_shift, _, rec_len, hdr_len, _body, sof_hw_at, band_rows, _mh, _mw, mcus_y,
-         mcus_x) = _FIXED.unpack_from(buf, 0)
+        (_, kind, table_bytes, unit_shift, len_bytes, rec_len, hdr_len, _body, sof_hw_at, band_rows, _mh, _mw,
+         mcus_y, mcus_x) = _FIXED.unpack_from(buf, 0)
+        self.len_bytes = len_bytes
         if kind != int(row["kind"]):
             raise ValueError(f"{what}: blob kind {kind} disagrees with the index ({int(row['kind'])})")
         self.record = bytes(buf[FIXED_LEN:FIXED_LEN + rec_len])
@@ -206,12 +211,6 @@ _RST = np.resize(np.arange(0xD0, 0xD8, dtype=np.uint8), 1 << 16)
 _ARANGE = np.arange(1 << 16)
 
 
-def _mcu_ends(buf: np.ndarray) -> np.ndarray:
-    """End offsets (after the marker) of every RST marker in `buf`."""
-    ff = np.flatnonzero(buf[:-1] == 0xFF)  # sparse: markers and stuffed 0xFF 0x00 pairs
-    return ff[(buf[ff + 1] & 0xF8) == 0xD0] + 2
-
-
 def region_jpeg(row: np.void, head: Head, pieces: Sequence[tuple[int, bytes]], r0: int, r1: int, c0: int,
                 c1: int, what: str) -> tuple[bytes, int, int, int, int]:
     """A standalone JPEG of MCU rows r0..r1 x columns c0..c1 from the band ranges `pieces` [(band, bytes)]
@@ -224,21 +223,20 @@ def region_jpeg(row: np.void, head: Head, pieces: Sequence[tuple[int, bytes]], r
         buf = np.frombuffer(data, np.uint8)
         band_r0, band_r1 = b * B, min((b + 1) * B, int(row["mcus_y"]))
         nrow = band_r1 - band_r0
-        ends = _mcu_ends(buf)
-        # Each column: its nrow MCUs, then padding; the column starts are known from the table.
+        # Each column: its nrow MCU lengths, the MCUs, padding; the column starts are known from the table.
         col0 = head.col_start[b, c0:c1] - head.col_start[b, c0]
         col_end = col0 + head.col_len[b, c0:c1]
-        which = np.searchsorted(ends, col0, side="right")
-        take = which[:, None] + _ARANGE[None, :nrow]                  # [ncol, nrow]
-        if take[-1, -1] >= len(ends):
-            raise ValueError(f"{what}: band {b} has fewer MCU markers than its table says; the pixel file is "
-                             f"damaged")
-        e = ends[take]
-        # Each column's last MCU must end inside the column (a marker missing would borrow the next one's).
-        if (e[:, -1] > col_end).any():
-            raise ValueError(f"{what}: band {b}: an MCU runs past its column; the pixel file is damaged")
-        s = np.concatenate([col0[:, None], e[:, :-1]], axis=1)
+        lb = head.len_bytes
+        if col_end[-1] != len(buf) or (col0 + nrow * lb > col_end).any():
+            raise ValueError(f"{what}: band {b}: its bytes disagree with its table; the pixel file is damaged")
+        hb = buf[col0[:, None] + _ARANGE[None, :nrow * lb]]
+        lens = hb.astype(np.int64) if lb == 1 else hb[:, 0::2] | hb[:, 1::2].astype(np.int64) << 8
+        e = col0[:, None] + nrow * lb + np.cumsum(lens, axis=1)   # [ncol, nrow] MCU ends
+        s = e - lens
         lo, hi = max(r0, band_r0) - band_r0, min(r1, band_r1) - band_r0
+        # Every MCU used must end inside its column, in an RST marker.
+        if (e[:, -1] > col_end).any() or (lens[:, lo:hi] < 2).any() or (buf[e[:, lo:hi] - 2] != 0xFF).any():
+            raise ValueError(f"{what}: band {b}: an MCU does not end in its marker; the pixel file is damaged")
         starts_all.append((s[:, lo:hi].T + base).ravel())  # row-major over this band's rows
         ends_all.append((e[:, lo:hi].T + base).ravel())
         base += len(buf)

@@ -84,6 +84,7 @@ def fast_stream(data: bytes, pixels: np.ndarray) -> tuple[jpeg_restart.Rewritten
     """The restart-per-MCU rewrite of `data` if it decodes to exactly `pixels`; else (None, reason)."""
     try:
         rw = jpeg_restart.rewrite(data)
+        rw.tables()  # refuses an MCU the pixel layout cannot describe (64 KiB or more)
     except NotFastPath as e:
         return None, e.reason
     try:
