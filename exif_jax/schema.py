@@ -45,7 +45,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.crops_per_image = 1          # crops of one photo per pass over it
     c.data.global_batch_size = 1024     # crops per step over all processes
     c.data.worker_count = 0             # grain worker processes per host
-    c.data.read_threads = 2             # grain read threads per process
+    c.data.read_threads = 2             # grain read threads per process (each keeps a batch's or a photo's
+                                        # reads in flight: raise it for object storage, e.g. 8)
+    c.data.log_every_s = 60.0           # seconds between a reading process's storage log lines (requests,
+                                        # retries, bytes); 0 -> after every read
     c.data.prefetch_buffer = 2          # batches prefetched
     c.data.num_epochs = 0               # 0 -> repeat forever (the step count ends training)
     c.data.shuffle = True               # seeded global shuffle, a new order every epoch

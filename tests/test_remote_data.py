@@ -52,8 +52,8 @@ def _pixels(path: Path) -> np.ndarray:
         return np.asarray(im.convert("RGB"))
 
 
-def _batches(train_dir: str, k: int, n: int) -> list[dict[str, np.ndarray]]:
-    config = make_config(train_dir, crop_size=128, crops_per_image=k, global_batch_size=6)
+def _batches(train_dir: str, k: int, n: int, **data) -> list[dict[str, np.ndarray]]:
+    config = make_config(train_dir, crop_size=128, crops_per_image=k, global_batch_size=6, **data)
     it = iter(pipeline.make_loader(config, ByteTokenizer(), seed=3, process_index=0, process_count=1))
     out = [next(it) for _ in range(n)]
     it.close()
@@ -164,8 +164,7 @@ def test_faults_are_retried_counted_and_never_read_as_data(local_build, s3_serve
     try:
         for k, v in proxy.env.items():
             monkeypatch.setenv(k, v)
-        monkeypatch.setattr(pipeline, "LOG_EVERY_S", 0.0)
-        got, want = _batches("s3://faulty/rec", 1, 6), _batches(local_build, 1, 6)
+        got, want = _batches("s3://faulty/rec", 1, 6, log_every_s=0.0), _batches(local_build, 1, 6)
         st = proxy.stats()
     finally:
         proxy.stop()

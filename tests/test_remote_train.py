@@ -42,11 +42,11 @@ def _args(data_dir: str) -> list[str]:
     return overrides(data_dir) + [f"train.max_steps_per_run={STEPS}"]
 
 
-def _run(workdir: Path, data_dir: str, env: dict, procs: int, log: Path) -> None:
+def _run(workdir: Path, data_dir: str, env: dict, procs: int, log: Path, extra: list[str] = ()) -> None:
     port = free_port()
     running = []
     for i in range(procs):
-        cmd = EXE + ["--workdir", str(workdir)] + [f"--config.{a}" for a in _args(data_dir)]
+        cmd = EXE + ["--workdir", str(workdir)] + [f"--config.{a}" for a in _args(data_dir) + list(extra)]
         e = dict(env)
         if procs > 1:
             cmd += ["--coordinator", f"127.0.0.1:{port}", "--num-processes", str(procs), "--process-id", str(i)]
@@ -82,3 +82,27 @@ def test_two_processes_train_from_s3_like_one_from_disk(remote_build, s3_server,
     # Each of the two processes reads only its half of every batch: together about what one process reads
     # (plus one index read and listing per process).
     assert one > 0 and two <= 1.25 * one + 10, (one, two)
+
+
+def test_training_goes_on_through_5_percent_failed_requests(remote_build, s3_server, tmp_path):
+    """503s, 429s, resets, timeouts and truncated bodies on 5% of reads: the run is the same run, and the
+    loader's log line counts the retries."""
+    local = str(tmp_path / "local_build")
+    assert cli.main(["build-data", "--images", str(PHOTOS), "--out", local, "--workers", "1", "--no-progress"]) == 0
+    _run(tmp_path / "ref", local, _base_env(), 1, tmp_path / "ref.log")
+    proxy = object_store.start_proxy(s3_server, fault_rate=0.05, seed=7, timeout_hold_s=2.0, max_upstream=8)
+    try:
+        _run(tmp_path / "faulty", remote_build, {**_base_env(), **proxy.env}, 1, tmp_path / "faulty.log",
+             ["data.log_every_s=0"])
+        faults = proxy.stats()["faults"]
+    finally:
+        proxy.stop()
+    got, want = rows(tmp_path / "faulty"), rows(tmp_path / "ref")
+    assert sorted(got) == sorted(want)
+    for s in got:
+        assert got[s]["fingerprint"] == want[s]["fingerprint"] and got[s]["loss"] == want[s]["loss"], s
+    assert sum(faults.values()) > 0, faults
+    log = Path(f"{tmp_path / 'faulty.log'}.0").read_text()
+    retried = [int(ln.split(" requests, ")[1].split(" retried")[0]) for ln in log.splitlines()
+               if ln.startswith("loader (pid")]
+    assert retried and max(retried) > 0, log[-2000:]

@@ -37,9 +37,6 @@ from exif_jax.data import mixing, reader, records
 from exif_jax.data.pixel_store import PixelReader
 from exif_jax.sharding import BATCH_AXES, batch_sharding
 
-# Seconds between a reading process's log lines (requests, retries, bytes of its storage reads).
-LOG_EVERY_S = 60.0
-
 # Host batch fields that the model consumes; `offset` (crop origin, for tests/debugging) is host-only.
 MODEL_FIELDS = ("image", "tokens", "image_id", "text_id")
 
@@ -181,10 +178,11 @@ class _ReadCrops:
     at once. One pair gives a k-crop group (leading dim k); a batch of pairs (k == 1) gives a batch."""
 
     def __init__(self, data_dir: str, crop_size: int, k: int, tokenizer: TokenizerLike, decode: str, seed: int,
-                 batched: bool):
+                 batched: bool, log_every_s: float = 60.0):
         self.data_dir, self.crop_size, self.k = data_dir, crop_size, k
         self.tokenizer, self.decode, self.seed, self.batched = tokenizer, decode, seed, batched
         self._build: reader.Build | None = None
+        self.log_every_s = float(log_every_s)
         self._logged = 0.0
 
     def __getstate__(self) -> dict:
@@ -193,7 +191,7 @@ class _ReadCrops:
     def _log(self) -> None:
         """The loader's log line: what its storage reads cost so far, retries included (once a minute)."""
         now = time.monotonic()
-        if now - self._logged < LOG_EVERY_S:
+        if now - self._logged < self.log_every_s:
             return
         self._logged = now
         st = self._build.ranges.stats
@@ -293,7 +291,8 @@ def make_loader(
     if indexed:
         # Crops are drawn from the global position (before the process split): the same in any process count.
         ds = ds.map_with_index(_with_position)
-        read = _ReadCrops(d.train_dir, int(d.crop_size), k, tokenizer, d.decode, crop_seed, batched=k == 1)
+        read = _ReadCrops(d.train_dir, int(d.crop_size), k, tokenizer, d.decode, crop_seed, batched=k == 1,
+                          log_every_s=float(d.get("log_every_s", 60.0)))
         if k == 1:
             # One crop per photo: the batch is formed first and read as one (all its requests in flight),
             # inside the worker processes, so the main process only moves whole batches.
