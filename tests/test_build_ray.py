@@ -26,7 +26,8 @@ REPO = Path(__file__).resolve().parents[1]
 PHOTOS = REPO / "exif_jax" / "assets" / "photos"
 SHARED = REPO.parent / "shared" / "data"
 EDGE = SHARED / "exif_edge"
-pytestmark = pytest.mark.skipif(not EDGE.is_dir(), reason=f"shared data not found at {SHARED}")
+pytestmark = [pytest.mark.skipif(not EDGE.is_dir(), reason=f"shared data not found at {SHARED}"),
+              pytest.mark.subprocess]  # a local Ray cluster
 
 # Before ray is imported: a local Ray on the loopback interface only (its single-machine mode), no token warning.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")

@@ -7,6 +7,8 @@ from test_pipeline import ByteTokenizer, make_config
 
 from exif_jax.data import pipeline
 
+pytestmark = pytest.mark.slow  # loaders in several process layouts (~30 s)
+
 G = 8  # global batch
 
 

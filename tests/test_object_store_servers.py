@@ -18,6 +18,8 @@ import object_store
 import pytest
 import tensorstore as ts
 
+pytestmark = pytest.mark.subprocess  # object-store emulators and the proxy run as servers
+
 BUCKET = "exif-test"
 DATA = bytes(range(256)) * 256  # 64 KiB; every byte's value is its offset mod 256, so a shifted read is caught
 FAST_RETRIES = {"max_retries": 8, "initial_delay": "5ms", "max_delay": "50ms"}

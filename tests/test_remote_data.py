@@ -18,6 +18,8 @@ from test_pipeline import ByteTokenizer, make_config
 from exif_jax import cli, storage
 from exif_jax.data import jpeg_restart, layout, pipeline, reader
 
+pytestmark = pytest.mark.subprocess  # object-store emulators and the proxy run as servers
+
 REPO = Path(__file__).parents[1]
 PHOTOS = REPO / "exif_jax" / "assets" / "photos"
 FULLRES = REPO.parent / "shared" / "data" / "fullres"

@@ -13,6 +13,8 @@ from test_train import EXE, FAST_COMPILE, free_port, overrides, rows
 
 from exif_jax import cli
 
+pytestmark = [pytest.mark.subprocess, pytest.mark.slow]  # real training runs from a bucket
+
 REPO = Path(__file__).parents[1]
 PHOTOS = REPO / "exif_jax" / "assets" / "photos"
 STEPS = 4
