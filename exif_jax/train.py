@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from exif_jax import checkpoint, metrics_writer, sharding
+from exif_jax import checkpoint, metrics_writer, sharding, storage
 from exif_jax.config import apply_overrides, load_config  # noqa: F401  (re-exported: train.load_config)
 from exif_jax.metrics_writer import log
 from exif_jax.train_loop import Hooks, LossHook, TrainingAborted, train_loop
@@ -221,6 +221,7 @@ def main(config_path: str, workdir: str, overrides: Sequence[str] = (), *, distr
     from exif_jax.tokenizer import make_tokenizer
 
     # 1. Config. ----------------------------------------------------------------------------------------
+    workdir = storage.normalize(workdir)  # a local path, gs://… or s3://…
     config = load_config(config_path, overrides)
     c_train = config.train
     if not config.data.train_dir:
@@ -243,10 +244,6 @@ def main(config_path: str, workdir: str, overrides: Sequence[str] = (), *, distr
 
     vocab_size = int(config.model.text.vocab_size) or tokenizer.vocab_size
     config.model.text.vocab_size = vocab_size  # config.json records what is built
-    if is_main:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json(indent=2))
 
     # 5. Model, optimizer (abstract: nothing allocated yet) and the jitted train step. ----------------
     trainer = make_trainer(config, mesh, vocab_size, hooks.loss)
@@ -254,14 +251,28 @@ def main(config_path: str, workdir: str, overrides: Sequence[str] = (), *, distr
     # Once, on process 0: what each tower holds and how the rules laid it out on this mesh.
     log(sharding.overview(abstract_state["params"], state_sh["params"], abstract_state["opt"], state_sh["opt"]))
 
-    # 6. Checkpoints: resume from the newest complete one, else initialize. ------------------------------
-    mngr = checkpoint.make_manager(os.path.join(workdir, "ckpt"), int(c_train.keep))
-    start = mngr.latest_step() or 0
+    # 6. Checkpoints: resume from the newest step whose digests verify (newer, corrupt ones are named and
+    # moved aside), else initialize. No step verifies: NoIntactCheckpoint before anything is written.
+    mngr = checkpoint.open_for_training(storage.join(workdir, "ckpt"), int(c_train.keep), log=log)
+    if is_main:
+        storage.write_text(storage.join(workdir, "config.json"), config.to_json(indent=2))
+    start = mngr.resume or 0
     if start:
         state = checkpoint.restore(mngr, start, checkpoint.abstract(abstract_state, state_sh), data_iter)
         log(f"resumed from {workdir}/ckpt step {start}")
+        bad = checkpoint.nonfinite(state)
+        if bad:
+            log(f"warning: the state restored from step {start} holds NaN or infinity in {len(bad)} arrays "
+                f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); its digests verify, so it was saved so")
+            state_note = (f"the state restored from step {start} already held non-finite values "
+                          f"({', '.join(bad[:3])}): the checkpoint, not optim.lr or the data, is the first suspect; "
+                          "resume from an older step")
+        else:
+            state_note = (f"the state restored from step {start} was finite (checked at restore), so the non-finite "
+                          "values arose in training: lower optim.lr or check the data")
     else:
         state = trainer.init()
+        state_note = "the state was initialized, not restored: lower optim.lr or check the data"
     total = int(c_train.steps)
 
     # 7. Metrics. --------------------------------------------------------------------------------------
@@ -277,7 +288,7 @@ def main(config_path: str, workdir: str, overrides: Sequence[str] = (), *, distr
     aborted = False
     try:
         train_loop(state, trainer.train_step, data_iter, mngr, writer, c_train, start=start, stop_at=stop_at,
-                   workdir=workdir, hooks=hooks)
+                   workdir=workdir, hooks=hooks, state_note=state_note)
     except TrainingAborted as e:
         log(str(e))
         aborted = True
@@ -357,3 +368,6 @@ def cli_main(args: argparse.Namespace, hooks: Hooks = Hooks()) -> int:
     except TrainingAborted as e:
         print(f"exif-jax train: {e}", file=sys.stderr)
         return 3
+    except checkpoint.NoIntactCheckpoint as e:
+        print(f"exif-jax train: {e}", file=sys.stderr)
+        return 4
