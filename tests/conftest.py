@@ -63,3 +63,25 @@ def trained_workdir(bundled_records, tmp_path_factory) -> str:
                                     "train.log_every=2", "optim.warmup_steps=1"]
     assert train.main(str(REPO / "configs" / "tiny.py"), str(wd), overrides, distributed="off") == 0
     return str(wd)
+
+
+# --- Object-store servers on 127.0.0.1 (tests/object_store.py); tests put a proxy in front and set env_for(proxy)
+# with monkeypatch.setenv.
+import object_store  # noqa: E402  (tests/ is on sys.path: pytest puts a conftest's folder there)
+from object_store import env_for  # noqa: E402,F401  (for test files: `from conftest import env_for`)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on 127.0.0.1, for the whole session."""
+    server = object_store.start_s3()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def gcs_server():
+    """gcp-storage-emulator (GCS JSON API, in memory) on 127.0.0.1, for the whole session."""
+    server = object_store.start_gcs()
+    yield server
+    server.stop()
