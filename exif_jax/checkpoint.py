@@ -80,13 +80,21 @@ def write_step_digests(step_dir: str) -> dict[str, Any]:
     return files
 
 
+def committed(ckpt_dir: str, step: int) -> bool:
+    """Whether the store's commit of `step` happened. Local: any step folder (orbax renames a finished save
+    into place); gs://: orbax's commit_success.txt; s3:// (staged uploads): digests.json, uploaded last.
+    An uncommitted step is a save cut short: orbax's cleanup (or the next upload) removes it, nobody reads it."""
+    scheme = storage.scheme_of(ckpt_dir)
+    if not scheme:
+        return True
+    marker = "commit_success.txt" if scheme == "gs" else DIGESTS
+    return storage.exists(storage.join(ckpt_dir, str(step), marker))
+
+
 def check_step(ckpt_dir: str, step: int, items: Sequence[str] | None = None) -> str | None:
     """Why step `step` cannot be used (incomplete, or which files are corrupt: item, file, expected vs found
     digest), or None when every file (of `items`, if given) reads back as written."""
     step_dir = storage.join(ckpt_dir, str(step))
-    if storage.is_remote(ckpt_dir) and storage.scheme_of(ckpt_dir) == "gs" and \
-            not storage.exists(storage.join(step_dir, "commit_success.txt")):
-        return "incomplete: orbax never committed it (no commit_success.txt): a save interrupted"
     if not storage.exists(storage.join(step_dir, DIGESTS)):
         return f"incomplete: no {DIGESTS} (a save interrupted before its commit, or written without digests)"
     try:
@@ -114,11 +122,8 @@ def select(ckpt_dir: str, fetch: Any = None) -> Selection:
     """Check steps newest first and stop at the first that verifies; NoIntactCheckpoint if none does.
     `fetch(step) -> local root` first downloads a committed step, where its bytes are verified (s3:// staging)."""
     rejected: list[tuple[int, str]] = []
-    for step in reversed(list_steps(ckpt_dir)):
-        if fetch is not None and storage.exists(storage.join(ckpt_dir, str(step), DIGESTS)):
-            reason = check_step(fetch(step), step)
-        else:
-            reason = check_step(ckpt_dir, step)
+    for step in reversed([s for s in list_steps(ckpt_dir) if committed(ckpt_dir, s)]):
+        reason = check_step(fetch(step) if fetch is not None else ckpt_dir, step)
         if reason is None:
             return Selection(step, rejected)
         rejected.append((step, reason))
@@ -212,8 +217,7 @@ class Checkpoints:
     def all_steps(self) -> list[int]:
         """Committed steps (on s3://: uploaded with their digests.json)."""
         if self._staging:
-            return [s for s in list_steps(self.directory)
-                    if storage.exists(storage.join(self.directory, str(s), DIGESTS))]
+            return [s for s in list_steps(self.directory) if committed(self.directory, s)]
         return list(self._orbax().all_steps())
 
     def latest_step(self) -> int | None:
@@ -259,6 +263,7 @@ class Checkpoints:
     def upload(self, step: int) -> None:
         """Copy committed local step `step` to the bucket, digests.json last; then prune to `keep` steps."""
         src, dst = os.path.join(self.local_root, str(step)), storage.join(self.directory, str(step))
+        storage.rmtree(dst)  # the remains of an upload cut short (no digests.json: never a step)
         names = storage.walk_files(src)
         storage.copy_tree(src, dst, files=[n for n in names if n != DIGESTS])
         storage.upload_file(os.path.join(src, DIGESTS), storage.join(dst, DIGESTS))
@@ -300,6 +305,8 @@ def open_for_training(directory: str, keep: int, log: Any = print) -> Checkpoint
         raise
     for step, why in chosen.rejected:
         log(f"checkpoint step {step} is unusable: {why}")
+        if mngr._staging:  # our download of it, not the step itself
+            shutil.rmtree(os.path.join(mngr._staging, str(step)), ignore_errors=True)
     if chosen.rejected and jax.process_index() == 0:
         for step, why in chosen.rejected:
             where = quarantine(mngr.directory, step, why)
@@ -368,7 +375,7 @@ def load_model(config: Any, ckpt_dir: str, step: int | None = None, *, vocab_siz
     from exif_jax.tokenizer import vocab_size_of
 
     with Checkpoints(ckpt_dir, keep=1) as mngr:
-        found = list_steps(mngr.directory)
+        found = [s for s in list_steps(mngr.directory) if committed(mngr.directory, s)]
         steps = [s for s in found if storage.exists(storage.join(mngr.directory, str(s), DIGESTS))]
         if step is None and not steps:
             raise FileNotFoundError(f"{ckpt_dir}: no complete checkpoint" + (
