@@ -91,10 +91,13 @@ def committed(ckpt_dir: str, step: int) -> bool:
     return storage.exists(storage.join(ckpt_dir, str(step), marker))
 
 
-def check_step(ckpt_dir: str, step: int, items: Sequence[str] | None = None) -> str | None:
+def check_step(ckpt_dir: str, step: int, items: Sequence[str] | None = None, *, shown_as: str | None = None
+               ) -> str | None:
     """Why step `step` cannot be used (incomplete, or which files are corrupt: item, file, expected vs found
-    digest), or None when every file (of `items`, if given) reads back as written."""
+    digest), or None when every file (of `items`, if given) reads back as written. `shown_as`: the directory
+    to name files under (the bucket, for a downloaded copy)."""
     step_dir = storage.join(ckpt_dir, str(step))
+    named_dir = storage.join(shown_as or ckpt_dir, str(step))
     if not storage.exists(storage.join(step_dir, DIGESTS)):
         return f"incomplete: no {DIGESTS} (a save interrupted before its commit, or written without digests)"
     try:
@@ -106,7 +109,7 @@ def check_step(ckpt_dir: str, step: int, items: Sequence[str] | None = None) -> 
     bad = digests.verify_files(step_dir, files)
     if not bad:
         return None
-    shown = "; ".join(f"item {m.name.split('/', 1)[0]!r}, file {storage.join(step_dir, m.name)}: expected "
+    shown = "; ".join(f"item {m.name.split('/', 1)[0]!r}, file {storage.join(named_dir, m.name)}: expected "
                       f"{m.expected}, found {m.found}" for m in bad[:3])
     return f"corrupt: {shown}" + (f" (and {len(bad) - 3} more files)" if len(bad) > 3 else "")
 
@@ -123,7 +126,7 @@ def select(ckpt_dir: str, fetch: Any = None) -> Selection:
     `fetch(step) -> local root` first downloads a committed step, where its bytes are verified (s3:// staging)."""
     rejected: list[tuple[int, str]] = []
     for step in reversed([s for s in list_steps(ckpt_dir) if committed(ckpt_dir, s)]):
-        reason = check_step(fetch(step) if fetch is not None else ckpt_dir, step)
+        reason = check_step(fetch(step) if fetch is not None else ckpt_dir, step, shown_as=ckpt_dir)
         if reason is None:
             return Selection(step, rejected)
         rejected.append((step, reason))
@@ -385,7 +388,7 @@ def load_model(config: Any, ckpt_dir: str, step: int | None = None, *, vocab_siz
             raise FileNotFoundError(f"{ckpt_dir}: no step {step} (complete steps: {steps})")
         step = max(steps) if step is None else step
         where = mngr.fetch(step, items=("model",)) if mngr._staging and step in steps else mngr.directory
-        why = check_step(where, step, items=("model",))
+        why = check_step(where, step, items=("model",), shown_as=mngr.directory)
         if why is not None:
             older = [s for s in steps if s < step]
             raise ValueError(f"{storage.join(mngr.directory, str(step))}: checkpoint step {step} is {why}"

@@ -17,10 +17,10 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import object_store
 import pytest
 from test_train import EXE, WITH_HOOKS, env, finish, overrides, wait_for  # noqa: F401 - env is a fixture
 
-import object_store
 from exif_jax import checkpoint, digests, storage
 
 STEPS = 12
@@ -41,10 +41,10 @@ def stores(s3_server, gcs_server) -> dict[str, dict[str, str]]:
     proxy.stop()
 
 
-def launch(workdir: str, cfg: list[str], env: dict[str, str], log: Path, faults: tuple = ()) -> subprocess.Popen:
+def launch(workdir: str, cfg: list[str], environ: dict[str, str], log: Path, faults: tuple = ()) -> subprocess.Popen:
     exe = WITH_HOOKS + list(faults) if faults else EXE
     cmd = exe + ["--workdir", workdir] + [f"--config.{a}" for a in cfg]
-    return subprocess.Popen(cmd, stdout=open(log, "a"), stderr=subprocess.STDOUT, env=env,
+    return subprocess.Popen(cmd, stdout=open(log, "a"), stderr=subprocess.STDOUT, env=environ,
                             cwd=Path(__file__).parents[1])
 
 
@@ -82,8 +82,8 @@ def scalars(data: bytes) -> dict[str, dict[int, float]]:
 
 
 @pytest.mark.parametrize("scheme", ["s3", "gs"])
-def test_kill9_mid_save_then_resume_exactly_from_the_bucket(scheme, stores, ref, tmp_path, bundled_records, env,
-                                                            monkeypatch):  # noqa: F811
+def test_kill9_mid_save_then_resume_exactly_from_the_bucket(scheme, stores, ref, tmp_path, bundled_records,  # noqa: F811
+                                                            env, monkeypatch):  # noqa: F811
     for k, v in stores[scheme].items():
         monkeypatch.setenv(k, v)
     e = dict(env, **stores[scheme])
