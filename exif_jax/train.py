@@ -310,8 +310,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--config", required=True, metavar="FILE", help="a Python config file (configs/*.py)")
     parser.add_argument("--workdir", required=True, metavar="WORKDIR",
-                        help="config.json, checkpoints (ckpt/), TensorBoard events (tb/), metrics.jsonl; rerun "
-                             "the same command to resume")
+                        help="config.json, checkpoints (ckpt/), TensorBoard events (tb/), metrics.jsonl; a local "
+                             "path, gs://bucket/run or s3://bucket/run; rerun the same command to resume (from the "
+                             "newest checkpoint whose digests verify)")
     parser.add_argument("--distributed", choices=("auto", "on", "off"), default="auto",
                         help="auto: explicit coordinator if given, else detect a TPU pod / SLURM job")
     parser.add_argument("--coordinator", metavar="HOST:PORT",
