@@ -310,19 +310,25 @@ def open_for_training(directory: str, keep: int, log: Any = print) -> Checkpoint
         log(f"checkpoint step {step} is unusable: {why}")
         if mngr._staging:  # our download of it, not the step itself
             shutil.rmtree(os.path.join(mngr._staging, str(step)), ignore_errors=True)
+    # Every process has read what it verifies before process 0 moves anything, and sees the result after.
+    _sync("exif_jax.checkpoint.verified")
     if chosen.rejected and jax.process_index() == 0:
         for step, why in chosen.rejected:
             where = quarantine(mngr.directory, step, why)
             log(f"moved step {step} to {where} for inspection (not deleted; not counted by train.keep)")
-    if chosen.rejected and jax.process_count() > 1:
-        from jax.experimental import multihost_utils  # noqa: PLC0415 - only multi-process runs need it
-
-        multihost_utils.sync_global_devices("exif_jax.checkpoint.quarantine")
+    _sync("exif_jax.checkpoint.quarantined")
     if chosen.rejected:
         log(f"falling back to step {chosen.step}, the newest that verifies" if chosen.step is not None
             else "no older checkpoint: starting from initialization")
     mngr.resume = chosen.step
     return mngr
+
+
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils  # noqa: PLC0415 - only multi-process runs need it
+
+        multihost_utils.sync_global_devices(name)
 
 
 # ----------------------------------------------------------------------------- the trainer's items

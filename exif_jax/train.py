@@ -186,6 +186,26 @@ def make_train_step(graphdef: Any, loss_fn: Any, tx: optax.GradientTransformatio
                    out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
 
 
+def resume_or_init(mngr: checkpoint.Checkpoints, start: int, trainer: Trainer, data_iter: Any, workdir: str
+                   ) -> tuple[dict[str, Any], str]:
+    """(state, note): the state restored from step `start` (0: initialized), checked for NaN/Inf, and the
+    sentence a stop for non-finite steps ends with (what to suspect, given how the state looked at restore)."""
+    if not start:
+        return trainer.init(), "the state was initialized, not restored: lower optim.lr or check the data"
+    state = checkpoint.restore(mngr, start, checkpoint.abstract(trainer.abstract_state, trainer.state_shardings),
+                               data_iter)
+    log(f"resumed from {workdir}/ckpt step {start}")
+    bad = checkpoint.nonfinite(state)
+    if not bad:
+        return state, (f"the state restored from step {start} was finite (checked at restore), so the non-finite "
+                       "values arose in training: lower optim.lr or check the data")
+    named = ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else "")
+    log(f"warning: the state restored from step {start} holds NaN or infinity in {len(bad)} arrays ({named}); "
+        "its digests verify, so it was saved so")
+    return state, (f"the state restored from step {start} already held non-finite values ({named}): the "
+                   "checkpoint, not optim.lr or the data, is the first suspect; resume from an older step")
+
+
 class Trainer(NamedTuple):
     """What main needs to train: a sharded init, the state's layout, and the step."""
     init: Callable[[], dict[str, Any]]          # () -> state, created sharded on the mesh
@@ -254,25 +274,14 @@ def main(config_path: str, workdir: str, overrides: Sequence[str] = (), *, distr
     # 6. Checkpoints: resume from the newest step whose digests verify (newer, corrupt ones are named and
     # moved aside), else initialize. No step verifies: NoIntactCheckpoint before anything is written.
     mngr = checkpoint.open_for_training(storage.join(workdir, "ckpt"), int(c_train.keep), log=log)
-    if is_main:
-        storage.write_text(storage.join(workdir, "config.json"), config.to_json(indent=2))
-    start = mngr.resume or 0
-    if start:
-        state = checkpoint.restore(mngr, start, checkpoint.abstract(abstract_state, state_sh), data_iter)
-        log(f"resumed from {workdir}/ckpt step {start}")
-        bad = checkpoint.nonfinite(state)
-        if bad:
-            log(f"warning: the state restored from step {start} holds NaN or infinity in {len(bad)} arrays "
-                f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); its digests verify, so it was saved so")
-            state_note = (f"the state restored from step {start} already held non-finite values "
-                          f"({', '.join(bad[:3])}): the checkpoint, not optim.lr or the data, is the first suspect; "
-                          "resume from an older step")
-        else:
-            state_note = (f"the state restored from step {start} was finite (checked at restore), so the non-finite "
-                          "values arose in training: lower optim.lr or check the data")
-    else:
-        state = trainer.init()
-        state_note = "the state was initialized, not restored: lower optim.lr or check the data"
+    try:
+        if is_main:
+            storage.write_text(storage.join(workdir, "config.json"), config.to_json(indent=2))
+        start = mngr.resume or 0
+        state, state_note = resume_or_init(mngr, start, trainer, data_iter, workdir)
+    except BaseException:
+        mngr.close()
+        raise
     total = int(c_train.steps)
 
     # 7. Metrics. --------------------------------------------------------------------------------------
