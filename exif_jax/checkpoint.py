@@ -14,12 +14,19 @@ finished. Restores verify every file against it first (`check_step`); the traine
 verifies and moves the others, byte for byte, to CKPT/quarantine/<step> (with a .txt saying why), out of orbax's
 sight: never deleted, never overwritten, and `keep` counts only good steps.
 
-Stores: a local path and gs:// go through orbax directly (tensorstore writes the arrays, etils.epath the
-metadata; no renames on gs://). orbax 0.12.8 cannot write s3:// ("Checkpoint path should be absolute"), so an
-s3:// checkpoint directory is staged: orbax saves into a local temporary directory, and each committed step is
-uploaded file by file with its digests.json last: on s3:// digests.json is the commit marker, so an upload cut
-short is an incomplete step. A restore downloads the step and verifies the downloaded bytes before orbax reads
-them. The staging needs one process (orbax's multi-process saves need one file system all processes see).
+Stores (`staged`):
+- local path: orbax directly.
+- s3://: orbax 0.12.8 cannot write it ("Checkpoint path should be absolute"), so it is staged: orbax saves
+  into a local temporary directory, and each committed step is uploaded file by file with its digests.json
+  last: in the bucket digests.json is the commit marker, so an upload cut short is not a step (the next
+  upload of that step replaces it). A restore downloads the step and verifies the downloaded bytes before
+  orbax reads them. Staging needs one process (orbax's multi-process save needs one file system all processes
+  see): several processes with an s3:// directory is an error.
+- gs://, one process: staged the same way (the one remote path, tested on both emulators; tensorstore's OCDBT
+  writes straight to the stock GCS emulator fail now and then with "Malformed StorageGeneration").
+- gs://, several processes (a pod), or EXIF_JAX_GCS_DIRECT=1: orbax writes the bucket itself (tensorstore for
+  the arrays, etils.epath for metadata, commit_success.txt as the commit; no renames), digests.json written
+  by process 0 through the same commit hook, reading the step back.
 
 Eval and export read only `model` (see `load_model`), verified the same way.
 """
@@ -80,14 +87,22 @@ def write_step_digests(step_dir: str) -> dict[str, Any]:
     return files
 
 
+def staged(ckpt_dir: str) -> bool:
+    """Whether checkpoints in `ckpt_dir` are saved into a local staging folder and uploaded (see the module
+    doc): s3:// always; gs:// in a one-process run (EXIF_JAX_GCS_DIRECT=1: orbax writes gs:// itself, as it
+    always does with several processes)."""
+    scheme = storage.scheme_of(ckpt_dir)
+    return scheme == "s3" or (scheme == "gs" and jax.process_count() == 1
+                              and os.environ.get("EXIF_JAX_GCS_DIRECT", "") != "1")
+
+
 def committed(ckpt_dir: str, step: int) -> bool:
     """Whether the store's commit of `step` happened. Local: any step folder (orbax renames a finished save
-    into place); gs://: orbax's commit_success.txt; s3:// (staged uploads): digests.json, uploaded last.
+    into place); staged uploads: digests.json, uploaded last; gs:// written by orbax: its commit_success.txt.
     An uncommitted step is a save cut short: orbax's cleanup (or the next upload) removes it, nobody reads it."""
-    scheme = storage.scheme_of(ckpt_dir)
-    if not scheme:
+    if not storage.is_remote(ckpt_dir):
         return True
-    marker = "commit_success.txt" if scheme == "gs" else DIGESTS
+    marker = DIGESTS if staged(ckpt_dir) else "commit_success.txt"
     return storage.exists(storage.join(ckpt_dir, str(step), marker))
 
 
@@ -163,7 +178,8 @@ def quarantine(ckpt_dir: str, step: int, reason: str) -> str:
 def _commit_class(owner: Checkpoints) -> type:
     """orbax's TemporaryPath for this store, writing digests.json into a step just before its commit (and,
     for s3:// staging, uploading the committed step)."""
-    base = atomicity.CommitFileTemporaryPath if owner.scheme == "gs" else atomicity.AtomicRenameTemporaryPath
+    direct_gs = owner.scheme == "gs" and not owner._staging
+    base = atomicity.CommitFileTemporaryPath if direct_gs else atomicity.AtomicRenameTemporaryPath
 
     class DigestedCommit(base):  # type: ignore[misc, valid-type]
         async def finalize(self, *args: Any, **kwargs: Any) -> None:
@@ -172,7 +188,7 @@ def _commit_class(owner: Checkpoints) -> type:
             if is_step:  # (items' own temporary folders commit through this class too)
                 await asyncio.to_thread(write_step_digests, str(self.get()))
             await super().finalize(*args, **kwargs)
-            if is_step and owner.scheme == "s3":
+            if is_step and owner._staging:
                 await asyncio.to_thread(owner.upload, int(storage.basename(final)))
 
     DigestedCommit.__name__ = DigestedCommit.__qualname__ = f"Digested{base.__name__}"
@@ -191,7 +207,7 @@ class Checkpoints:
         self.async_save = async_save
         self.resume = resume
         self._staging: str | None = None
-        if self.scheme == "s3":
+        if staged(self.directory):
             if jax.process_count() > 1:
                 raise ValueError(f"{self.directory}: an s3:// checkpoint directory is staged on a local disk, "
                                  "which needs one process; with several, use gs:// or a shared file system")

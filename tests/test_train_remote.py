@@ -1,12 +1,13 @@
 """`exif-jax train --workdir gs://… | s3://…` on real emulators on 127.0.0.1 (tests/object_store.py): checkpoints,
 config.json, metrics.jsonl and TensorBoard events land in the bucket; kill -9 during a save, rerun, and the run
 resumes from the bucket and matches an uninterrupted local run exactly; `--checkpoint gs://…` loads the towers
-(the one loader of localize, eval-localize, probe and export) verified against their digests.
+(the one loader of localize, eval-localize, probe and export) verified against their digests; a flipped byte
+in the bucket is named, and the trainer falls back past it (the step moved to ckpt/quarantine in the bucket).
 
-gs://: orbax writes straight to the bucket (tensorstore + etils.epath). The stock GCS emulator is
-single-threaded and mishandles concurrent requests (tensorstore then sees "Malformed StorageGeneration"),
-so it is reached through the proxy with one request upstream at a time. s3://: orbax cannot write it,
-so checkpoints are staged locally and uploaded (exif_jax/checkpoint.py)."""
+One process, both stores: orbax saves into a local staging folder and each committed step is uploaded with its
+digests.json last (exif_jax/checkpoint.py: orbax cannot write s3://, and its direct gs:// writes fail now and
+then on the stock GCS emulator). The emulator is single-threaded with a listen backlog of 5, so the digest
+reads (8 in flight) reach it through the proxy, one request upstream at a time."""
 from __future__ import annotations
 
 import json
@@ -136,6 +137,20 @@ def test_kill9_mid_save_then_resume_exactly_from_the_bucket(scheme, stores, ref,
     storage.write_bytes(obj, bytes(data))
     with pytest.raises(ValueError, match=rf"step 12 is corrupt: item 'model', file {obj}: expected crc32c"):
         workdir.load_model(uri)
+    # The trainer falls back to step 8 (verified as read from the bucket), moves step 12 aside in the bucket,
+    # and trains 9-12 again exactly.
+    n_rows = len(storage.read_text(storage.join(uri, "metrics.jsonl")).splitlines())
+    assert finish(launch(uri, cfg, e, log), 400) == 0, log.read_text()[-3000:]
+    out = log.read_text()
+    assert f"checkpoint step 12 is unusable: corrupt: item 'model', file {obj}: expected crc32c" in out, out[-3000:]
+    assert f"moved step 12 to {ckpt}/quarantine/12" in out and "falling back to step 8" in out
+    assert storage.read_bytes(storage.join(ckpt, "quarantine", "12", name)) == bytes(data)
+    lines = storage.read_text(storage.join(uri, "metrics.jsonl")).splitlines()[n_rows:]
+    again = {r["step"]: r for r in map(json.loads, lines)}
+    assert sorted(again) == [9, 10, 11, 12]
+    for s in again:
+        assert again[s]["loss"] == want[s]["loss"] and again[s]["fingerprint"] == want[s]["fingerprint"], s
+    assert checkpoint.check_step(ckpt, 12) is None
 
 
 def jax_leaves(state) -> list[np.ndarray]:
