@@ -54,6 +54,8 @@ def flip(path: Path, n: int = 4096) -> None:
     path.write_bytes(bytes(data))
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_every_step_is_committed_with_digests(ref):
     for step in (4, 8, 12):
         step_dir = ref / "ckpt" / str(step)
@@ -94,6 +96,8 @@ def drop_digests(step_dir: Path) -> str:
     return checkpoint.DIGESTS
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 @pytest.mark.parametrize("damage,item,expect", [
     (corrupt_model, "model", "corrupt"), (corrupt_train, "train", "corrupt"), (corrupt_data, "data", "corrupt"),
     (truncate_train, "train", "corrupt"), (drop_digests, None, "incomplete")])
@@ -124,6 +128,8 @@ def test_damaged_newest_step_falls_back_and_resumes_exactly(damage, item, expect
         assert again[s]["fingerprint"] == want[s]["fingerprint"] and again[s]["loss"] == want[s]["loss"], s
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_no_intact_step_is_an_error_and_writes_nothing(ref, tmp_path, bundled_records, env):  # noqa: F811
     wd = copy_run(ref, tmp_path)
     for step in (4, 8, 12):
@@ -152,6 +158,8 @@ def save_with_nan(step_dir: Path) -> None:
     checkpoint.write_step_digests(str(step_dir))
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_nan_stop_says_whether_the_restored_state_was_finite(ref, tmp_path, bundled_records, env):  # noqa: F811
     stop = ["train.max_nan_skips=0", "train.log_every=1"]
     # Finite at restore: a NaN step after it is blamed on training.
@@ -171,6 +179,8 @@ def test_nan_stop_says_whether_the_restored_state_was_finite(ref, tmp_path, bund
 
 # ----------------------------------------------------------------------------- what leaves the trainer
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_eval_loading_verifies_the_model_item(ref, tmp_path):
     from exif_jax import workdir
 
@@ -186,6 +196,8 @@ def test_eval_loading_verifies_the_model_item(ref, tmp_path):
     assert workdir.load_model(str(wd), 8)[2] == 8
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_corrupt_packaged_model_is_an_error_naming_the_file(ref, tmp_path):
     from exif_jax import workdir
 

@@ -26,6 +26,7 @@ from exif_jax import checkpoint, digests, storage
 
 STEPS = 12
 BUCKET = "train-remote"
+pytestmark = [pytest.mark.slow, pytest.mark.subprocess]  # real `exif-jax train` runs against emulators
 
 
 def args(records: str) -> list[str]:
