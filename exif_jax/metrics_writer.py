@@ -4,7 +4,6 @@ from __future__ import annotations
 import datetime
 import json
 import math
-import os
 import sys
 import time
 from typing import Any
@@ -12,6 +11,8 @@ from typing import Any
 import jax
 import numpy as np
 from tensorboardX import SummaryWriter
+
+from exif_jax import storage
 
 # Dense bf16 peak FLOP/s per *jax device* (a TPU v2/v3 device is one core, half a chip; later TPUs
 # and GPUs are one chip). First substring match of the lower-cased device_kind wins, so the more
@@ -54,6 +55,8 @@ def measure_gemm_flops(n: int = 1024, dtype: str = "float32", repeats: int = 5) 
 class MetricsWriter:
     """Per-step rows -> workdir/metrics.jsonl + TensorBoard (workdir/tb) + a console line at each flush.
 
+    `workdir` may be a local path, gs://… or s3://… (metrics.jsonl through storage.AppendLog; tensorboardX
+    writes gs:// and s3:// event files itself, re-uploading the whole file at each flush).
     Only process 0 writes. Throughput covers the wall time between flushes (dispatch is asynchronous,
     so the device_get in the trainer's flush is where the host waits for the steps to finish)."""
 
@@ -68,9 +71,9 @@ class MetricsWriter:
         self._tb = None
         self._jsonl = None
         if enabled:
-            os.makedirs(workdir, exist_ok=True)
-            self._tb = SummaryWriter(os.path.join(workdir, "tb"))
-            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
+            storage.makedirs(workdir)
+            self._tb = SummaryWriter(storage.join(workdir, "tb"))
+            self._jsonl = storage.AppendLog(storage.join(workdir, "metrics.jsonl"))
 
     def start_clock(self, step: int) -> None:
         """Time throughput from now, with `step` steps done (call after the compile step has finished)."""
@@ -99,6 +102,7 @@ class MetricsWriter:
                     self._tb.add_scalar(f"train/{k}", float(v), row["step"])
         for k, v in perf.items():
             self._tb.add_scalar(f"perf/{k}", v, last)
+        self._jsonl.flush()
         self._tb.flush()
         self.console(rows[-1], perf)
         return perf

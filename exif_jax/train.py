@@ -34,7 +34,7 @@ import ml_collections
 import optax
 from flax import nnx
 
-from exif_jax import checkpoint, cli_args, losses, metrics_writer, sharding
+from exif_jax import checkpoint, cli_args, losses, metrics_writer, sharding, storage
 from exif_jax.config import load_config
 from exif_jax.data import pipeline
 from exif_jax.metrics_writer import log
@@ -184,6 +184,26 @@ def make_train_step(graphdef: Any, loss_fn: Any, tx: optax.GradientTransformatio
                    out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
 
 
+def resume_or_init(mngr: checkpoint.Checkpoints, start: int, trainer: Trainer, data_iter: Any, workdir: str
+                   ) -> tuple[dict[str, Any], str]:
+    """(state, note): the state restored from step `start` (0: initialized), checked for NaN/Inf, and the
+    sentence a stop for non-finite steps ends with (what to suspect, given how the state looked at restore)."""
+    if not start:
+        return trainer.init(), "the state was initialized, not restored: lower optim.lr or check the data"
+    state = checkpoint.restore(mngr, start, checkpoint.abstract(trainer.abstract_state, trainer.state_shardings),
+                               data_iter)
+    log(f"resumed from {workdir}/ckpt step {start}")
+    bad = checkpoint.nonfinite(state)
+    if not bad:
+        return state, (f"the state restored from step {start} was finite (checked at restore), so the non-finite "
+                       "values arose in training: lower optim.lr or check the data")
+    named = ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else "")
+    log(f"warning: the state restored from step {start} holds NaN or infinity in {len(bad)} arrays ({named}); "
+        "its digests verify, so it was saved so")
+    return state, (f"the state restored from step {start} already held non-finite values ({named}): the "
+                   "checkpoint, not optim.lr or the data, is the first suspect; resume from an older step")
+
+
 class Trainer(NamedTuple):
     """What main needs to train: a sharded init, the state's layout, and the step."""
     init: Callable[[], dict[str, Any]]          # () -> state, created sharded on the mesh
@@ -213,6 +233,7 @@ def main(config_path: str, workdir: str, overrides: Sequence[str] = (), *, distr
          hooks: Hooks = Hooks()) -> int:
     """Train (or resume) the two towers as the config says; checkpoints, events and metrics.jsonl in workdir."""
     # 1. Config. ----------------------------------------------------------------------------------------
+    workdir = storage.normalize(workdir)  # a local path, gs://… or s3://…
     config = load_config(config_path, overrides)
     c_train = config.train
     if not config.data.train_dir:
@@ -235,10 +256,6 @@ def main(config_path: str, workdir: str, overrides: Sequence[str] = (), *, distr
 
     vocab_size = int(config.model.text.vocab_size) or tokenizer.vocab_size
     config.model.text.vocab_size = vocab_size  # config.json records what is built
-    if is_main:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json(indent=2))
 
     # 5. Model, optimizer (abstract: nothing allocated yet) and the jitted train step. ----------------
     trainer = make_trainer(config, mesh, vocab_size, hooks.loss)
@@ -246,14 +263,17 @@ def main(config_path: str, workdir: str, overrides: Sequence[str] = (), *, distr
     # Once, on process 0: what each tower holds and how the rules laid it out on this mesh.
     log(sharding.overview(abstract_state["params"], state_sh["params"], abstract_state["opt"], state_sh["opt"]))
 
-    # 6. Checkpoints: resume from the newest complete one, else initialize. ------------------------------
-    mngr = checkpoint.make_manager(os.path.join(workdir, "ckpt"), int(c_train.keep))
-    start = mngr.latest_step() or 0
-    if start:
-        state = checkpoint.restore(mngr, start, checkpoint.abstract(abstract_state, state_sh), data_iter)
-        log(f"resumed from {workdir}/ckpt step {start}")
-    else:
-        state = trainer.init()
+    # 6. Checkpoints: resume from the newest step whose digests verify (newer, corrupt ones are named and
+    # moved aside), else initialize. No step verifies: NoIntactCheckpoint before anything is written.
+    mngr = checkpoint.open_for_training(storage.join(workdir, "ckpt"), int(c_train.keep), log=log)
+    try:
+        if is_main:
+            storage.write_text(storage.join(workdir, "config.json"), config.to_json(indent=2))
+        start = mngr.resume or 0
+        state, state_note = resume_or_init(mngr, start, trainer, data_iter, workdir)
+    except BaseException:
+        mngr.close()
+        raise
     total = int(c_train.steps)
 
     # 7. Metrics. --------------------------------------------------------------------------------------
@@ -269,7 +289,7 @@ def main(config_path: str, workdir: str, overrides: Sequence[str] = (), *, distr
     aborted = False
     try:
         train_loop(state, trainer.train_step, data_iter, mngr, writer, c_train, start=start, stop_at=stop_at,
-                   workdir=workdir, hooks=hooks)
+                   workdir=workdir, hooks=hooks, state_note=state_note)
     except TrainingAborted as e:
         log(str(e))
         aborted = True
@@ -289,8 +309,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     """Flags of `exif-jax train`; any --config.a.b=v (or --config.a.b v) overrides a config value."""
     parser.add_argument("--config", required=True, metavar="FILE", help="a Python config file (configs/*.py)")
     parser.add_argument("--workdir", required=True, metavar="WORKDIR",
-                        help="config.json, checkpoints (ckpt/), TensorBoard events (tb/), metrics.jsonl; rerun "
-                             "the same command to resume")
+                        help="config.json, checkpoints (ckpt/), TensorBoard events (tb/), metrics.jsonl; a local "
+                             "path, gs://bucket/run or s3://bucket/run; rerun the same command to resume (from the "
+                             "newest checkpoint whose digests verify)")
     parser.add_argument("--distributed", choices=("auto", "on", "off"), default="auto",
                         help="auto: explicit coordinator if given, else detect a TPU pod / SLURM job")
     parser.add_argument("--coordinator", metavar="HOST:PORT",
@@ -347,3 +368,6 @@ def cli_main(args: argparse.Namespace, hooks: Hooks = Hooks()) -> int:
     except TrainingAborted as e:
         print(f"exif-jax train: {e}", file=sys.stderr)
         return 3
+    except checkpoint.NoIntactCheckpoint as e:
+        print(f"exif-jax train: {e}", file=sys.stderr)
+        return 4

@@ -38,16 +38,17 @@ class Hooks:
 
 def train_loop(state: dict[str, Any], train_step: Callable[..., Any], data_iter: Any, mngr: Any,
                writer: metrics_writer.MetricsWriter, c_train: ml_collections.ConfigDict, *, start: int,
-               stop_at: int, workdir: str, hooks: Hooks = Hooks()) -> None:
+               stop_at: int, workdir: str, hooks: Hooks = Hooks(), state_note: str = "") -> None:
     """Steps start+1..stop_at: metrics flushed every log_every steps, a checkpoint every ckpt_every and at
-    stop_at; on preemption (SIGTERM) a checkpoint where it is, then return."""
+    stop_at; on preemption (SIGTERM) a checkpoint where it is, then return. `state_note` ends the message of
+    a stop for non-finite steps (whether the state was finite at restore, and so what to suspect)."""
     pending: list[tuple[int, dict[str, jax.Array]]] = []
     max_nan = int(c_train.max_nan_skips)
     step = start
     with preemption_notice(mngr) as preempted:
         while step < stop_at:
             if preempted(step):
-                flush_metrics(pending, writer, max_nan, mngr)
+                flush_metrics(pending, writer, max_nan, mngr, state_note)
                 save_checkpoint(mngr, step, state, data_iter, hooks, force=True)
                 mngr.wait_until_finished()
                 log(f"preempted: saved step {step} to {workdir}/ckpt; rerun the same command to resume")
@@ -62,14 +63,14 @@ def train_loop(state: dict[str, Any], train_step: Callable[..., Any], data_iter:
                 writer.start_clock(step)
             is_ckpt = step % int(c_train.ckpt_every) == 0 or step == stop_at
             if step % int(c_train.log_every) == 0 or is_ckpt:
-                flush_metrics(pending, writer, max_nan, mngr)
+                flush_metrics(pending, writer, max_nan, mngr, state_note)
             if is_ckpt:
                 save_checkpoint(mngr, step, state, data_iter, hooks)
-    flush_metrics(pending, writer, max_nan, mngr)
+    flush_metrics(pending, writer, max_nan, mngr, state_note)
 
 
 def flush_metrics(pending: list[tuple[int, dict[str, jax.Array]]], writer: metrics_writer.MetricsWriter,
-                  max_nan: int, mngr: Any) -> None:
+                  max_nan: int, mngr: Any, state_note: str = "") -> None:
     """Fetch the pending steps' metrics, write them (emptying `pending`); raise TrainingAborted past max_nan."""
     if not pending:
         return
@@ -85,7 +86,8 @@ def flush_metrics(pending: list[tuple[int, dict[str, jax.Array]]], writer: metri
             raise TrainingAborted(
                 f"stopping: {row['nan_skips']} steps with a non-finite loss or gradient "
                 f"(> train.max_nan_skips={max_nan}), the last at step {row['step']}. Checkpoints are "
-                f"untouched (newest: {mngr.latest_step() or 'none'}); lower optim.lr or check the data.")
+                f"untouched (newest: {mngr.latest_step() or 'none'}); "
+                f"{state_note or 'lower optim.lr or check the data'}.")
 
 
 def save_checkpoint(mngr: Any, step: int, state: dict[str, Any], data_iter: Any, hooks: Hooks = Hooks(), *,

@@ -376,3 +376,17 @@ def test_timm_npz_through_timm_conversions_reproduces_jax(trained):
         got = vision(pixel_values=torch.from_numpy(x.transpose(0, 3, 1, 2).astype(np.float32))).pooler_output
     want = np.asarray(nnx.jit(lambda m, x: m.image(x))(model, crops))
     assert np.abs(got.numpy() - want).max() <= TOL
+
+
+def test_corrupt_export_is_refused_by_the_parity_check(tmp_path):
+    """The export records its weights' digests (digests.json); the parity check verifies them before loading."""
+    model, config = random_model(SIGLIP, seed=3)
+    hf.export_hf(model, config, str(tmp_path), tokenizer_model=str(BUNDLED_MODEL))
+    files = json.loads(Path(tmp_path, "digests.json").read_text())["files"]
+    assert list(files) == ["model.safetensors"]
+    weights = Path(tmp_path, "model.safetensors")
+    data = bytearray(weights.read_bytes())
+    data[-100] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=rf"{weights}: corrupt: model\.safetensors: expected crc32c"):
+        parity.hf_parity(model, config, str(tmp_path), crops_of(32)[:2], texts_of(config)[:2])

@@ -5,8 +5,9 @@
 
 --poison-steps      these steps' loss (1-based) is multiplied by NaN inside the jitted step
 --slow-save-step    the checkpoint save at this step sleeps --slow-save-s inside orbax (temporary directory
-                    written, not yet renamed) after appending its directory to WORKDIR/slow_save_marker.txt,
-                    so a test can kill the trainer mid-save
+                    written, not yet renamed) after appending its directory to WORKDIR/slow_save_marker.txt
+                    (or --marker FILE: a local file, for a gs:// or s3:// workdir), so a test can kill the
+                    trainer mid-save
 --step-sleep-s      host sleep after each step, so a test can signal a run mid-loop
 """
 from __future__ import annotations
@@ -73,7 +74,7 @@ class SlowRestore(ocp.args.CheckpointArgs):
 
 
 def make_hooks(poison_steps: tuple[int, ...] = (), slow_save_step: int = 0, slow_save_s: float = 0.0,
-               step_sleep_s: float = 0.0, workdir: str = ".") -> Hooks:
+               step_sleep_s: float = 0.0, workdir: str = ".", marker: str = "") -> Hooks:
     """The Hooks for these faults (none given: Hooks() and the production step)."""
     loss = save_items = after_step = None
     if poison_steps:
@@ -83,7 +84,7 @@ def make_hooks(poison_steps: tuple[int, ...] = (), slow_save_step: int = 0, slow
             bad = jnp.where(jnp.isin(step, steps), jnp.nan, 1.0)
             return value * bad, {**metrics, "loss": metrics["loss"] * bad}
     if slow_save_step and slow_save_s > 0:
-        marker = os.path.join(workdir, "slow_save_marker.txt")
+        marker = marker or os.path.join(workdir, "slow_save_marker.txt")
 
         def save_items(step):
             return {"slow": SlowSave(slow_save_s, marker)} if step == slow_save_step else {}
@@ -100,12 +101,13 @@ def main(argv: list[str] | None = None) -> int:
     faults.add_argument("--slow-save-step", type=int, default=0)
     faults.add_argument("--slow-save-s", type=float, default=0.0)
     faults.add_argument("--step-sleep-s", type=float, default=0.0)
+    faults.add_argument("--marker", default="")
     f, rest = faults.parse_known_args(argv)
     parser = argparse.ArgumentParser(prog="train_with_hooks.py")
     train.add_args(parser)
     args = parser.parse_args(rest)
     hooks = make_hooks(tuple(int(s) for s in f.poison_steps.split(",") if s), f.slow_save_step, f.slow_save_s,
-                       f.step_sleep_s, args.workdir)
+                       f.step_sleep_s, args.workdir, f.marker)
     return train.cli_main(args, hooks)
 
 

@@ -116,3 +116,11 @@ def write_safetensors(state: dict, path: str) -> None:
 
     save_file(state, path, metadata={"format": "pt"})
     os.chmod(path, 0o644)  # safetensors creates it owner-only
+    record_digest(path)
+
+
+def record_digest(path: str) -> None:
+    """Add the file's CRC-32C to digests.json beside it (what the parity check verifies before loading)."""
+    from exif_jax import digests
+
+    digests.record(os.path.dirname(os.path.abspath(path)), os.path.basename(path))

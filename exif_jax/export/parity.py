@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
+from exif_jax import digests
 from exif_jax.tokenizer import make_tokenizer
 
 
@@ -50,6 +51,7 @@ def hf_parity(model: Any, config: Any, export_dir: str, crops: np.ndarray, texts
     import torch
     import transformers
 
+    verified = digests.verify_recorded(export_dir)  # before transformers reads the weights
     max_len = int(config.model.text.max_len)
     hf_model, info = transformers.SiglipModel.from_pretrained(export_dir, output_loading_info=True)
     hf_model.eval()
@@ -60,8 +62,9 @@ def hf_parity(model: Any, config: Any, export_dir: str, crops: np.ndarray, texts
     with torch.no_grad():
         out = hf_model(**enc, pixel_values=pixels)
     ours = _jax_side(model, config, crops, texts)
-    return _report(ours, {k: list(v) for k, v in info.items()}, enc["input_ids"].numpy(), "attention_mask" in enc,
-                   pixels.numpy(), out.image_embeds.numpy(), out.text_embeds.numpy(), out.logits_per_image.numpy())
+    return {**_report(ours, {k: list(v) for k, v in info.items()}, enc["input_ids"].numpy(), "attention_mask" in enc,
+                      pixels.numpy(), out.image_embeds.numpy(), out.text_embeds.numpy(),
+                      out.logits_per_image.numpy()), "digests_verified": verified}
 
 
 def towers_parity(model: Any, config: Any, export_dir: str, crops: np.ndarray, texts: list[str]) -> dict[str, Any]:
@@ -74,6 +77,8 @@ def towers_parity(model: Any, config: Any, export_dir: str, crops: np.ndarray, t
     with open(os.path.join(export_dir, "dual_encoder.json")) as f:
         man = json.load(f)
     image_dir, text_dir = (os.path.join(export_dir, man[k]["dir"]) for k in ("image", "text"))
+    verified = [f"{man[k]['dir']}/{n}" for k, d in (("image", image_dir), ("text", text_dir))
+                for n in digests.verify_recorded(d)]  # before transformers reads the weights
     image_model, image_info = transformers.ResNetForImageClassification.from_pretrained(
         image_dir, output_loading_info=True)
     text_model, text_info = getattr(transformers, man["text"]["class"]).from_pretrained(
@@ -99,5 +104,5 @@ def towers_parity(model: Any, config: Any, export_dir: str, crops: np.ndarray, t
         logits = float(np.exp(man["logit_scale"])) * img @ txt.T + man["logit_bias"]
     ours = _jax_side(model, config, crops, texts)
     info = {f"{tower}_{k}": list(v) for tower, i in (("image", image_info), ("text", text_info)) for k, v in i.items()}
-    return _report(ours, info, enc["input_ids"].numpy(), "attention_mask" in enc, pixels.numpy(),
-                   img.numpy(), txt.numpy(), logits.numpy())
+    return {**_report(ours, info, enc["input_ids"].numpy(), "attention_mask" in enc, pixels.numpy(),
+                      img.numpy(), txt.numpy(), logits.numpy()), "digests_verified": verified}

@@ -29,6 +29,7 @@ from exif_jax.export.layout import (
     NotExportable,
     flat_params,
     log_logit_scale,
+    record_digest,
     torchvision_state_dict,
     write_safetensors,
 )
@@ -166,6 +167,7 @@ def export_timm(model: Any, config: ml_collections.ConfigDict, out_dir: str) -> 
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, NPZ_NAME)
     np.savez(path, **tree)
+    record_digest(path)
     spec = dict(spec, npz=NPZ_NAME, weights=NPZ_NAME, prefix="params/img/")
     with open(os.path.join(out_dir, TIMM_JSON), "w") as f:
         json.dump(spec, f, indent=2)
