@@ -227,16 +227,21 @@ def region_jpeg(row: np.void, head: Head, pieces: Sequence[tuple[int, bytes]], r
         col0 = head.col_start[b, c0:c1] - head.col_start[b, c0]
         col_end = col0 + head.col_len[b, c0:c1]
         lb = head.len_bytes
-        if col_end[-1] != len(buf) or (col0 + nrow * lb > col_end).any():
+        if col_end[-1] != len(buf):
             raise ValueError(f"{what}: band {b}: its bytes disagree with its table; the pixel file is damaged")
-        hb = buf[col0[:, None] + _ARANGE[None, :nrow * lb]]
-        lens = hb.astype(np.int64) if lb == 1 else hb[:, 0::2] | hb[:, 1::2].astype(np.int64) << 8
-        e = col0[:, None] + nrow * lb + np.cumsum(lens, axis=1)   # [ncol, nrow] MCU ends
-        s = e - lens
         lo, hi = max(r0, band_r0) - band_r0, min(r1, band_r1) - band_r0
-        # Every MCU used must end inside its column, in an RST marker.
-        if (e[:, -1] > col_end).any() or (lens[:, lo:hi] < 2).any() or (buf[e[:, lo:hi] - 2] != 0xFF).any():
+        try:
+            hb = buf[col0[:, None] + _ARANGE[None, :nrow * lb]]
+            lens = hb if lb == 1 else hb[:, 0::2] | hb[:, 1::2].astype(np.int64) << 8
+            e = np.cumsum(lens, axis=1, dtype=np.int64)
+            e += (col0 + nrow * lb)[:, None]                        # [ncol, nrow] MCU ends
+            # Every MCU used must end in an RST marker, inside its column.
+            bad = (e[:, -1] > col_end).any() or (buf[e[:, lo:hi] - 2] != 0xFF).any()
+        except IndexError:
+            bad = True
+        if bad:
             raise ValueError(f"{what}: band {b}: an MCU does not end in its marker; the pixel file is damaged")
+        s = e - lens
         starts_all.append((s[:, lo:hi].T + base).ravel())  # row-major over this band's rows
         ends_all.append((e[:, lo:hi].T + base).ravel())
         base += len(buf)
