@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -365,15 +366,42 @@ def save(mngr: Checkpoints, step: int, state: dict[str, Any], data_iter: Any, *,
     return mngr.save(step, args=ocp.args.Composite(**items), force=force)
 
 
-def restore(mngr: Checkpoints, step: int, abstract_state: dict[str, Any], data_iter: Any
-            ) -> dict[str, Any]:
-    """The trainer's state at `step`, laid out as `abstract_state` (ShapeDtypeStructs with shardings);
-    sets `data_iter` to continue after that step's last batch."""
-    out = mngr.restore(step, args=ocp.args.Composite(
-        model=ocp.args.StandardRestore({k: abstract_state[k] for k in MODEL_KEYS}),
-        train=ocp.args.StandardRestore({k: abstract_state[k] for k in TRAIN_KEYS}),
-        data=pipeline.restore_args(data_iter),
-    ))
+_DATA_STATE_RE = re.compile(r"^process_\d+-of-(\d+)\.json$")
+
+
+def saved_process_count(mngr: Checkpoints, step: int) -> int | None:
+    """How many processes wrote step `step`'s data-iterator state (None: no such files)."""
+    try:
+        names = storage.listdir(storage.join(mngr.directory, str(step), "data"))
+    except FileNotFoundError:
+        return None
+    counts = {int(m.group(1)) for n in names if (m := _DATA_STATE_RE.match(n))}
+    return counts.pop() if len(counts) == 1 else None
+
+
+def restore(mngr: Checkpoints, step: int, abstract_state: dict[str, Any], data_iter: Any, config: Any = None,
+            log: Any = print) -> dict[str, Any]:
+    """The trainer's state at `step`, laid out as `abstract_state` (ShapeDtypeStructs with shardings: orbax
+    reshards onto them, whatever mesh saved it); sets `data_iter` to continue after that step's last batch.
+
+    A checkpoint written by another number of processes (a slice that came back another size) has no
+    iterator state for this layout: the position is set from the step instead (pipeline.set_position, exact
+    at one crop per photo; `config` says the data settings)."""
+    saved = saved_process_count(mngr, step)
+    elastic = saved is not None and saved != jax.process_count()
+    items = dict(model=ocp.args.StandardRestore({k: abstract_state[k] for k in MODEL_KEYS}),
+                 train=ocp.args.StandardRestore({k: abstract_state[k] for k in TRAIN_KEYS}))
+    if elastic:
+        if config is None:
+            raise ValueError(f"step {step} was written by {saved} processes, this run has {jax.process_count()}: "
+                             f"restoring the input position needs the run's config")
+        pipeline.set_position(data_iter, config, step)  # one batch a step; before orbax, which is the slow part
+        if jax.process_index() == 0:
+            log(f"step {step} was written by {saved} process(es), this run has {jax.process_count()}: the input "
+                f"continues at global batch {step} (the same examples), the state is resharded onto this mesh")
+    else:
+        items["data"] = pipeline.restore_args(data_iter)
+    out = mngr.restore(step, args=ocp.args.Composite(**items))
     return {**out["model"], **out["train"]}
 
 

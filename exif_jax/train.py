@@ -184,14 +184,14 @@ def make_train_step(graphdef: Any, loss_fn: Any, tx: optax.GradientTransformatio
                    out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
 
 
-def resume_or_init(mngr: checkpoint.Checkpoints, start: int, trainer: Trainer, data_iter: Any, workdir: str
-                   ) -> tuple[dict[str, Any], str]:
+def resume_or_init(mngr: checkpoint.Checkpoints, start: int, trainer: Trainer, data_iter: Any, workdir: str,
+                   config: Any = None) -> tuple[dict[str, Any], str]:
     """(state, note): the state restored from step `start` (0: initialized), checked for NaN/Inf, and the
     sentence a stop for non-finite steps ends with (what to suspect, given how the state looked at restore)."""
     if not start:
         return trainer.init(), "the state was initialized, not restored: lower optim.lr or check the data"
     state = checkpoint.restore(mngr, start, checkpoint.abstract(trainer.abstract_state, trainer.state_shardings),
-                               data_iter)
+                               data_iter, config, log=log)
     log(f"resumed from {workdir}/ckpt step {start}")
     bad = checkpoint.nonfinite(state)
     if not bad:
@@ -270,7 +270,7 @@ def main(config_path: str, workdir: str, overrides: Sequence[str] = (), *, distr
         if is_main:
             storage.write_text(storage.join(workdir, "config.json"), config.to_json(indent=2))
         start = mngr.resume or 0
-        state, state_note = resume_or_init(mngr, start, trainer, data_iter, workdir)
+        state, state_note = resume_or_init(mngr, start, trainer, data_iter, workdir, config)
     except BaseException:
         mngr.close()
         raise
