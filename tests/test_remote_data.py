@@ -193,7 +193,8 @@ _FD_SCRIPT = textwrap.dedent("""
         idx = order[start:start + 100].tolist()
         build.fetch(idx, [np.zeros((1, 2), np.int64)] * len(idx), 64)
         peak = max(peak, len(os.listdir("/proc/self/fd")))
-    print("PEAK", peak, len(set(int(s) for s in build.index["shard"])))
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("PEAK", peak, len(set(int(s) for s in build.index["shard"])), int(rss_mb))
 """)
 
 
@@ -216,23 +217,28 @@ def _many_shards(src: str, dst: str, n: int) -> None:
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
-def test_open_files_bounded_with_2000_shards(local_build, tmp_path, s3_server, monkeypatch, where):
-    n = 2000
-    if where == "local":
-        dst = str(tmp_path / "many")
-        env = dict(os.environ)
-    else:
-        s3_server.make_bucket("many")
-        for k, v in s3_server.env.items():
-            monkeypatch.setenv(k, v)
-        dst = "s3://many/rec"
-        env = {**os.environ, **s3_server.env}
-    _many_shards(local_build, dst, n)
-    out = subprocess.run([sys.executable, "-c", _FD_SCRIPT.format(repo=str(REPO)), dst], env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    peak, shards = (int(v) for v in out.stdout.split("PEAK")[1].split())
-    assert shards == n and peak <= 64, out.stdout
+def test_open_files_and_memory_bounded_with_2000_shards(local_build, tmp_path, s3_server, monkeypatch, where):
+    """2,000 shards under `ulimit -n 256`: at most 64 files open, and the same memory as 20 shards (a reader
+    holds index rows per photo, nothing per shard but its file name)."""
+    got = {}
+    for n in (20, 2000):
+        if where == "local":
+            dst = str(tmp_path / f"many{n}")
+            env = dict(os.environ)
+        else:
+            s3_server.make_bucket(f"many{n}")
+            for k, v in s3_server.env.items():
+                monkeypatch.setenv(k, v)
+            dst = f"s3://many{n}/rec"
+            env = {**os.environ, **s3_server.env}
+        _many_shards(local_build, dst, n)
+        out = subprocess.run([sys.executable, "-c", _FD_SCRIPT.format(repo=str(REPO)), dst], env=env,
+                             capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        peak, shards, rss = (int(v) for v in out.stdout.split("PEAK")[1].split())
+        assert shards == n and peak <= 64, out.stdout
+        got[n] = rss
+    assert got[2000] - got[20] < 40, got  # MB: 100x the shards, ~2,000 more file names and index rows
 
 
 def test_eval_reads_and_writes_object_storage(s3_server, monkeypatch, tmp_path):
