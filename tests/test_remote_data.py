@@ -2,6 +2,7 @@
 them by byte ranges, exactly, within the request budget, through faults, with bounded open files."""
 from __future__ import annotations
 
+import concurrent.futures as cf
 import io
 import os
 import subprocess
@@ -199,18 +200,21 @@ _FD_SCRIPT = textwrap.dedent("""
 
 
 def _many_shards(src: str, dst: str, n: int) -> None:
-    """A build of n one-photo shards: the first photo's shard files repeated under n shard names (records
-    and pixels are shard-relative, so each copy is a valid shard)."""
+    """A build of n one-photo shards for the loader: the first photo's blob as each shard's pixel file (blobs
+    are shard-relative) and the index rows pointing at them. The ArrayRecord files are empty placeholders:
+    the loader lists their names and never opens them."""
     one = reader.Build(src)
     first = int(np.flatnonzero(one.index["shard"] == 0)[0])
     row = one.index[first:first + 1].copy()
-    files = {suf: storage.read_bytes(storage.join(src, layout.sibling(layout.shard_name(0, 3), suf)))
-             for suf in (".array_record", layout.PIXELS_SUFFIX, layout.INDEX_SUFFIX, layout.SIDECAR_SUFFIX)}
+    blob = storage.read_bytes(storage.join(src, layout.sibling(layout.shard_name(0, 3), layout.PIXELS_SUFFIX)))
+    blob = blob[int(row["at"][0]):int(row["at"][0] + row["len"][0])]
+    row["at"] = 0
     rows = np.repeat(row, n)
     rows["shard"] = np.arange(n)
-    for i in range(n):
-        for suf, data in files.items():
-            storage.write_bytes(storage.join(dst, layout.sibling(layout.shard_name(i, n), suf)), data)
+    jobs = [(storage.join(dst, layout.sibling(layout.shard_name(i, n), suf)), data)
+            for i in range(n) for suf, data in ((".array_record", b""), (layout.PIXELS_SUFFIX, blob))]
+    with cf.ThreadPoolExecutor(16) as ex:
+        list(ex.map(lambda job: storage.write_bytes(*job), jobs))
     buf = io.BytesIO()
     np.save(buf, rows, allow_pickle=False)
     storage.write_bytes(storage.join(dst, layout.BUILD_INDEX), buf.getvalue())
