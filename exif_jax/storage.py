@@ -142,37 +142,34 @@ def _error(uri: str, e: BaseException, doing: str = "read") -> OSError:
 
 # ----------------------------------------------------------------------------- file operations
 
+def _on_store(path: str, doing: str, op: Any) -> Any:
+    """op(file system, path within it) for a URI; a client error becomes an OSError naming the URI."""
+    fs, p = _fs_path(path)
+    try:
+        return op(fs, p)
+    except Exception as e:  # noqa: BLE001 - any client error is reported with the URI
+        raise _error(path, e, doing) from e
+
+
 def exists(path: str) -> bool:
     """Whether a file, object or folder (a prefix with objects under it) exists."""
     if not is_remote(path):
         return os.path.exists(path)
-    fs, p = _fs_path(path)
-    try:
-        return bool(fs.exists(p))
-    except Exception as e:  # noqa: BLE001 - any client error is reported with the URI
-        raise _error(path, e, "check") from e
+    return bool(_on_store(path, "check", lambda fs, p: fs.exists(p)))
 
 
 def isdir(path: str) -> bool:
     """Whether `path` is a folder (a prefix with objects under it, for object storage)."""
     if not is_remote(path):
         return os.path.isdir(path)
-    fs, p = _fs_path(path)
-    try:
-        return bool(fs.isdir(p))
-    except Exception as e:  # noqa: BLE001
-        raise _error(path, e, "check") from e
+    return bool(_on_store(path, "check", lambda fs, p: fs.isdir(p)))
 
 
 def isfile(path: str) -> bool:
     """Whether `path` is a file (an object)."""
     if not is_remote(path):
         return os.path.isfile(path)
-    fs, p = _fs_path(path)
-    try:
-        return bool(fs.isfile(p))
-    except Exception as e:  # noqa: BLE001
-        raise _error(path, e, "check") from e
+    return bool(_on_store(path, "check", lambda fs, p: fs.isfile(p)))
 
 
 def listdir(path: str) -> list[str]:
@@ -224,11 +221,7 @@ def size(path: str) -> int:
             return os.path.getsize(path)
         except FileNotFoundError:
             raise FileNotFoundError(f"{path}: no such file") from None
-    fs, p = _fs_path(path)
-    try:
-        return int(fs.size(p))
-    except Exception as e:  # noqa: BLE001
-        raise _error(path, e, "stat") from e
+    return int(_on_store(path, "stat", lambda fs, p: fs.size(p)))
 
 
 def read_bytes(path: str) -> bytes:
@@ -241,11 +234,7 @@ def read_bytes(path: str) -> bytes:
             raise FileNotFoundError(f"{path}: no such file") from None
         except IsADirectoryError:
             raise IsADirectoryError(f"{path}: is a folder, not a file") from None
-    fs, p = _fs_path(path)
-    try:
-        return fs.cat_file(p)
-    except Exception as e:  # noqa: BLE001
-        raise _error(path, e) from e
+    return _on_store(path, "read", lambda fs, p: fs.cat_file(p))
 
 
 def open_read(path: str) -> Any:
@@ -255,11 +244,7 @@ def open_read(path: str) -> Any:
             return open(path, "rb")
         except FileNotFoundError:
             raise FileNotFoundError(f"{path}: no such file") from None
-    fs, p = _fs_path(path)
-    try:
-        return fs.open(p, "rb")
-    except Exception as e:  # noqa: BLE001
-        raise _error(path, e) from e
+    return _on_store(path, "read", lambda fs, p: fs.open(p, "rb"))
 
 
 def read_text(path: str) -> str:
@@ -279,11 +264,7 @@ def write_bytes(path: str, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         return
-    fs, p = _fs_path(path)
-    try:
-        fs.pipe_file(p, bytes(data))
-    except Exception as e:  # noqa: BLE001
-        raise _error(path, e, "write") from e
+    _on_store(path, "write", lambda fs, p: fs.pipe_file(p, bytes(data)))
 
 
 def write_text(path: str, text: str) -> None:
@@ -299,11 +280,7 @@ def upload_file(local: str, uri: str) -> None:
         shutil.copyfile(local, tmp)
         os.replace(tmp, uri)
         return
-    fs, p = _fs_path(uri)
-    try:
-        fs.put_file(local, p)
-    except Exception as e:  # noqa: BLE001
-        raise _error(uri, e, "write") from e
+    _on_store(uri, "write", lambda fs, p: fs.put_file(local, p))
 
 
 def download_file(uri: str, local: str) -> None:
