@@ -41,6 +41,9 @@ setup(
     extras_require={
         "torch": ["torch==2.13.0", "transformers==5.24.0", "safetensors==0.8.0"],
         "dev": ["pytest==9.2.0", "scikit-learn==1.9.1", "ruff==0.17.6"],
+        # The TPU compiler (what jax[tpu]==0.10.2 pins): benchmarks/pod_compile.py --target tpu compiles for
+        # abstract TPU slices on any machine, and a test does so for v5e:2x2. On a TPU VM it is the runtime too.
+        "tpu": ["libtpu==0.0.42.1"],
     },
     entry_points={"console_scripts": ["exif-jax=exif_jax.cli:main"]},
 )
