@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -39,7 +40,7 @@ def cache(tmp_path_factory) -> str:
 
 
 @pytest.fixture
-def env(tmp_path, cache) -> dict[str, str]:
+def env(tmp_path, cache) -> Iterator[dict[str, str]]:
     e = dict(os.environ, PATH=f"{FAKE}{os.pathsep}{os.environ['PATH']}", FAKE_CALLS=str(tmp_path / "calls.jsonl"),
              FAKE_TPU_HOSTS=str(tmp_path / "hosts"), FAKE_BUCKETS=str(tmp_path / "buckets"),
              JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", TMPDIR=str(tmp_path),
@@ -48,7 +49,13 @@ def env(tmp_path, cache) -> dict[str, str]:
     for k in ("EXIF_JAX_COORDINATOR", "EXIF_JAX_NUM_PROCESSES", "EXIF_JAX_PROCESS_ID", "SLURM_JOB_ID",
               "SLURM_RESTART_COUNT"):
         e.pop(k, None)
-    return e
+    yield e
+    # Detached trainers and log copiers of a failed test must not outlive it.
+    for pid_file in (tmp_path / "hosts").glob("*/exif-jax-run/*pid"):
+        try:
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+        except (ProcessLookupError, ValueError):
+            pass
 
 
 def calls(env: dict[str, str], cmd: str | None = None) -> list[list[str]]:
@@ -147,6 +154,7 @@ def test_tpu_pod_trainers_outlive_ssh_rerun_leaves_them_and_resumes_after_stop(e
     assert time.time() - t < 60, "the launcher waited for training"
     pids = [host_pid(h) for h in hosts]
     # The fake ssh killed each session's process group when its command returned: the trainers run on.
+    assert all(alive(p) for p in pids), "a trainer died with its ssh session"
     wait_for(lambda: len(metric_steps(wd)) >= 2, 400, "steps from the detached trainers")
     assert all(alive(p) for p in pids)
     logs = [wd / "logs" / f"train.worker{i}.log" for i in range(2)]
@@ -211,8 +219,8 @@ def test_tpu_host_copies_the_log_to_an_object_store_workdir(env, tmp_path):
     # The trainer was given the URIs as written; nothing made them local folders.
     assert "--workdir gs://bkt/runs/a" in text and "--config.data.train_dir=s3://bkt/data" in text, text
     assert not list(host.rglob("gs:")) and not list(host.rglob("s3:"))
-    assert ["storage", "cp", "-q", str(host / "exif-jax-logs" / "train.log"), "gs://bkt/runs/a/logs/train.worker0.log"] \
-        in calls(env, "gcloud")
+    local_log = str(host / "exif-jax-logs" / "train.log")
+    assert ["storage", "cp", "-q", local_log, "gs://bkt/runs/a/logs/train.worker0.log"] in calls(env, "gcloud")
 
 
 # ------------------------------------------------------------------------------------------------ SLURM

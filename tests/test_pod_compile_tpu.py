@@ -61,10 +61,11 @@ def test_tpu_pipeline_forms_reduce_scatter_for_fsdp_gradients(tiny_config, fsdp_
 
 
 def test_memory_the_compiler_cannot_fit_is_a_row_that_does_not_fit(tiny_config):
-    # 2^20 crops of 512 px per chip: far past a v5e's 16 GiB, so libtpu refuses it at compile time.
-    row = pod_compile.tpu_case("tiny", "v5e-4", (4, 1, 1), SMALL + ("data.crop_size=512",),
-                               global_batch=4 * 2**20)
-    assert row["fits"] is False and "error" in row, {k: v for k, v in row.items() if k != "largest"}
+    # A 40M-row embedding table, replicated with its two Adam moments: ~30 GiB per chip, past a v5e's 16 GiB, so
+    # libtpu refuses it at compile time (in seconds: nothing for its rematerialization to try).
+    row = pod_compile.tpu_case("tiny", "v5e-4", (4, 1, 1), SMALL + ("model.text.vocab_size=40000000",))
+    assert row["fits"] is False and "RESOURCE_EXHAUSTED" in row["error"], {k: v for k, v in row.items()
+                                                                            if k != "largest"}
 
 
 def test_run_writes_table_and_says_what_it_did_not_reach(tiny_config, tmp_path):
