@@ -1,7 +1,20 @@
-"""Pod-scale compiles on CPU: the real train step AOT-compiled for 64- and 256-device meshes of fake CPU devices.
+"""Pod-scale compiles: the real train step AOT-compiled for TPU slices by libtpu, or for fake CPU devices.
 
-For each config (configs/vit_b16.py, configs/resnet50_paper.py) at its real global batch and each mesh
-(data x fsdp, and with tensor = 2 and 4), the step `exif_jax.train.make_trainer` builds is lowered with
+--target tpu (the default when libtpu is installed: `pip install -e '.[tpu]'`): libtpu's compiler, run on
+this machine for abstract devices of a slice (`jax.experimental.topologies`, no TPU attached): v5e-16/64/256,
+v4-32/128 and v5p-128 (TOPOLOGIES). In priority order, under --budget-min: both configs data parallel at
+their batch on every slice; the largest per-chip batch that compiles and fits on the smallest and the largest
+slice (powers of two from a linear guess, then one refinement); the other meshes below. Per chip: arguments,
+outputs, temporaries, generated code and their total against the chip's HBM (fits, margin), the collectives
+in the TPU HLO, FLOPs and `optimal_seconds` from the cost analysis (kept only when positive). OUT.json/.md
+(default docs/measurements/pod_compile_tpu) are rewritten after every compile, listing what is not done yet.
+  .venv/bin/python benchmarks/pod_compile.py --target tpu                     # ~6 min a compile on 2 busy cores
+  .venv/bin/python benchmarks/pod_compile.py --target tpu --resume --budget-min 30   # go on where it stopped
+  POD_COMPILE_HLO_DIR=/tmp/hlo ... keeps each compiled HLO (gzip) to read what the counts stand for.
+
+--target cpu (the fallback without libtpu): for each config (configs/vit_b16.py, configs/resnet50_paper.py) at
+its real global batch and each mesh (data x fsdp, and with tensor = 2 and 4), the step
+`exif_jax.train.make_trainer` builds is lowered with
 abstract inputs (ShapeDtypeStructs carrying the trainer's shardings: no array is materialised) and
 compiled. Per device it reports parameter and optimizer bytes (the shards the partition rules give),
 the compiled program's memory analysis (arguments, temporaries) and the collectives in the compiled HLO
@@ -9,18 +22,19 @@ the compiled program's memory analysis (arguments, temporaries) and the collecti
 and bytes per step, ops inside while loops counted times the loop's trip count; the loss's share apart.
 
 Run (one subprocess per device count; XLA_FLAGS=--xla_force_host_platform_device_count=N is set here):
-  .venv/bin/python benchmarks/pod_compile.py                          # 64 and 256 devices, both configs
-  .venv/bin/python benchmarks/pod_compile.py --devices 64 --configs vit_b16 --out /tmp/pod --set loss.impl=ring
+  .venv/bin/python benchmarks/pod_compile.py --target cpu             # 64 and 256 devices, both configs
+  .venv/bin/python benchmarks/pod_compile.py --target cpu --devices 64 --configs vit_b16 --set loss.impl=ring
 Writes OUT.json and OUT.md (default docs/measurements/pod_compile) and prints the table.
 
-Caveats, so the figures are read right: this is XLA's CPU pipeline. Buffer assignment, fusion and the
-scheduler differ on TPU/GPU, so temporaries are indicative; the CPU pipeline leaves gradient reductions as
-all-reduce (+ slice) where the TPU/GPU pipelines form reduce-scatter (half an all-reduce's wire bytes).
+Caveats of the CPU target, so the figures are read right: this is XLA's CPU pipeline. Buffer assignment, fusion
+and the scheduler differ on TPU/GPU, so temporaries are indicative; the CPU pipeline leaves gradient reductions
+as all-reduce (+ slice) where the TPU/GPU pipelines form reduce-scatter (half an all-reduce's wire bytes).
 Parameter/optimizer bytes and the collective pattern come from the SPMD partitioner, which is the same.
 """
 from __future__ import annotations
 
 import argparse
+import gzip
 import importlib.metadata
 import importlib.util
 import json
@@ -286,6 +300,11 @@ def compile_case(config_path: str | Path, mesh_shape: tuple[int, int, int], over
     seconds = time.perf_counter() - t0
     mem = compiled.memory_analysis()
     hlo = compiled.as_text()
+    if os.environ.get("POD_COMPILE_HLO_DIR"):  # keep the compiled HLO, to read what the counts stand for
+        name = (f"{Path(config_path).stem}_{platform}{mesh.devices.size}_{data}x{fsdp}x{tensor}"
+                f"_b{config.data.global_batch_size}")
+        with gzip.open(Path(os.environ["POD_COMPILE_HLO_DIR"]) / f"{name}.hlo.gz", "wt") as f:
+            f.write(hlo)
     colls = hlo_collectives(hlo)
     n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(state["params"]))
     row_extra = {}
@@ -594,8 +613,13 @@ def tpu_markdown(rows: list[dict[str, Any]], missing: list[str]) -> str:
                      f"{_gib(r['total_bytes'])} | {r['hbm_bytes'] // GIB} | {fits} | " + " | ".join(cells)
                      + f" | {r['flops'] / 1e12:.2f} | {opt} | {r['compile_s']} |")
     lines += ["", "GiB per chip unless 'Mi'. outputs: those not aliased to arguments (the donated state). total = "
-              "args + outputs + temps + generated code. optimal s: the compiler's `optimal_seconds`, shown only "
-              "when positive (n/a: libtpu returned a negative or no figure for the step)."]
+              "args + outputs + temps + generated code. HBM: the chip's published size; libtpu's own limit is a "
+              "little lower (v5e: 'available HBM (15.75G)' in its out-of-memory error), so read a margin under "
+              "~0.5 GiB as not fitting. fits: compiled, and total <= HBM; a compile libtpu rejects for memory "
+              "is a 'does not fit' row. Collectives: executions × bytes per step, parsed from the TPU HLO. "
+              "optimal s: the compiler's `optimal_seconds`, shown only when positive (n/a: libtpu returned a "
+              "negative or no figure for the whole step). Compile seconds on 2 CPU cores shared with other "
+              "work, at nice 19."]
     lines += ["", "Largest per-chip batch that fits (data parallel; compiled, not extrapolated):", "",
               "| config | slice | largest fitting batch/chip | smallest batch/chip that did not fit | compiles |",
               "|---|---|---|---|---|"]
@@ -609,7 +633,8 @@ def tpu_markdown(rows: list[dict[str, Any]], missing: list[str]) -> str:
         lines.append(f"| {name} | {where} | {fit if fit else 'none tried fits'} | {miss if miss else 'not found'} "
                      "| " + ", ".join(f"{b} {'fits' if ok else 'no'}" for b, ok in tried) + " |")
     if missing:
-        lines += ["", "Not compiled in this run (budget spent):", ""] + [f"- {m}" for m in missing]
+        lines += ["", f"Not compiled in this run (--budget-min spent; `--resume` compiles them): {len(missing)}", ""]
+        lines += [f"- {m}" for m in missing]
     return "\n".join(lines)
 
 
