@@ -11,10 +11,10 @@
 #   bash tpu_host.sh status      whether the trainer runs, and the log's last lines
 #   bash tpu_host.sh stop        SIGTERM: every host saves the same step and exits (jax's preemption service)
 #
-# Logs: WORKDIR/logs/train.HOST.log. A WORKDIR in object storage (gs://, s3://) cannot be appended to, so the
-# log is written to ~/exif-jax-logs/train.log and copied whole to WORKDIR/logs/ with `gcloud storage cp`
-# every EXIF_JAX_LOG_SYNC_S seconds (60) and once the trainer has exited (gcloud reads s3:// too, given AWS
-# credentials). Environment: EXIF_JAX_EXTRAS (pip extras, default tpu), EXIF_JAX_HOST (the log's host name;
+# Logs: WORKDIR/logs/train.HOST.log. A WORKDIR in object storage (gs://, s3://) cannot be appended to, so each
+# start's log is written to ~/exif-jax-logs/train.TIME.log and copied whole to WORKDIR/logs/train.HOST.TIME.log
+# with `gcloud storage cp` every EXIF_JAX_LOG_SYNC_S seconds (60) and once the trainer has exited (gcloud
+# writes s3:// too, given AWS credentials). Environment: EXIF_JAX_EXTRAS (pip extras, default tpu), EXIF_JAX_HOST (the log's host name;
 # default hostname).
 set -euo pipefail
 action=${1:-}
@@ -66,10 +66,13 @@ start() {
   setup
   local log remote=
   if [[ $workdir == *://* ]]; then
-    # Object storage: the trainer writes checkpoints and metrics there itself; the log is copied.
-    remote=${workdir%/}/logs/train.$host.log
+    # Object storage: the trainer writes checkpoints and metrics there itself; the log is copied. One log per
+    # start, named by its time: a recreated slice's fresh disk must not overwrite the last slice's log.
+    local started
+    started=$(date -u +%Y%m%dT%H%M%SZ)
+    remote=${workdir%/}/logs/train.$host.$started.log
     mkdir -p "$HOME/exif-jax-logs"
-    log=$HOME/exif-jax-logs/train.log
+    log=$HOME/exif-jax-logs/train.$started.log
   else
     mkdir -p "$workdir/logs"
     log=$workdir/logs/train.$host.log

@@ -12,7 +12,7 @@
 #   --dry-run: print every command (gcloud and local) instead of running it.
 #   WORKDIR and DATA: gs://bucket/... (or s3://...) URIs, passed to the trainer unchanged (it reads and writes
 #     object storage itself; no FUSE mount), or a path every host sees (NFS).
-#   Logs: WORKDIR/logs/train.HOST.log (for a bucket: written on the host, copied there every minute).
+#   Logs: WORKDIR/logs/train.HOST.log (for a bucket: written on the host, copied to train.HOST.TIME.log each minute).
 #   e.g. launch/tpu_pod.sh my-v5e-64 us-west4-a configs/vit_b16.py gs://bkt/runs/vit_b16 gs://bkt/yfcc_records \
 #          --config.data.global_batch_size=8192 --config.optim.lr=2e-3
 # Extra gcloud flags (e.g. --project P): EXIF_JAX_GCLOUD_FLAGS. Preemption: the TPU runtime sends SIGTERM, jax's

@@ -211,16 +211,17 @@ def test_tpu_host_copies_the_log_to_an_object_store_workdir(env, tmp_path):
     # A config that does not exist: the trainer stops at once, and its last words must reach the bucket.
     r = tpu_pod(env, "my-tpu", "zone-a", "configs/no_such_config.py", "gs://bkt/runs/a", "s3://bkt/data")
     assert r.returncode == 0, r.stdout + r.stderr
-    remote = tmp_path / "buckets" / "bkt" / "runs" / "a" / "logs" / "train.worker0.log"
-    wait_for(lambda: remote.exists() and "no_such_config.py: no such config file" in remote.read_text(), 120,
-             "the trainer's error in the bucket's copy of the log")
+    logs = tmp_path / "buckets" / "bkt" / "runs" / "a" / "logs"
+    wait_for(lambda: any("no_such_config.py: no such config file" in f.read_text()
+                         for f in logs.glob("train.worker0.*.log")), 120, "the trainer's error in the bucket's log")
+    (remote,) = logs.glob("train.worker0.*.log")  # one per start, named by its time
     wait_for(lambda: not alive(int((host / "exif-jax-run" / "sync.pid").read_text())), 30, "the copy loop's end")
     text = remote.read_text()
     # The trainer was given the URIs as written; nothing made them local folders.
     assert "--workdir gs://bkt/runs/a" in text and "--config.data.train_dir=s3://bkt/data" in text, text
     assert not list(host.rglob("gs:")) and not list(host.rglob("s3:"))
-    local_log = str(host / "exif-jax-logs" / "train.log")
-    assert ["storage", "cp", "-q", local_log, "gs://bkt/runs/a/logs/train.worker0.log"] in calls(env, "gcloud")
+    local_log = str(host / "exif-jax-logs" / remote.name.replace("worker0.", ""))
+    assert ["storage", "cp", "-q", local_log, f"gs://bkt/runs/a/logs/{remote.name}"] in calls(env, "gcloud")
 
 
 # ------------------------------------------------------------------------------------------------ SLURM
