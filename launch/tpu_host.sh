@@ -110,5 +110,5 @@ case $action in
   stop)
     if running; then kill -TERM "$(cat "$state/pid")"; echo "$host: SIGTERM sent: it saves and exits"
     else echo "$host: not running"; fi ;;
-  *) sed -n '2,21p' "$0"; exit 2 ;;
+  *) awk 'NR > 1 && /^#/ && !/^#SBATCH/ {print; next} NR > 1 {exit}' "$0"; exit 2 ;;
 esac

@@ -22,7 +22,7 @@ dry=0
 if [[ ${1:-} == --dry-run ]]; then dry=1; shift; fi
 action=start
 case ${1:-} in start|status|stop) action=$1; shift ;; esac
-if [[ $# -lt 2 || ( $action == start && $# -lt 5 ) ]]; then sed -n '2,21p' "$0"; exit 2; fi
+if [[ $# -lt 2 || ( $action == start && $# -lt 5 ) ]]; then awk 'NR > 1 && /^#/ && !/^#SBATCH/ {print; next} NR > 1 {exit}' "$0"; exit 2; fi
 tpu=$1 zone=$2
 shift 2
 read -r -a gflags <<< "${EXIF_JAX_GCLOUD_FLAGS:-}"
