@@ -25,6 +25,16 @@ state=$HOME/exif-jax-run
 host=${EXIF_JAX_HOST:-$(hostname)}
 mkdir -p "$state"
 
+detached() {  # wait (<= 5 s) until process $1 leads its own session: only then may the ssh session end
+  local i
+  for i in $(seq 50); do
+    [[ $(ps -o sid= -p "$1" 2> /dev/null | tr -d ' ') == "$1" ]] && return
+    sleep 0.1
+  done
+  echo "$host: process $1 did not detach from the ssh session" >&2
+  return 1
+}
+
 running() {  # the pid file's process is alive (not a zombie) and is a trainer (not a reused pid, after a reboot)
   [[ -f $state/pid ]] || return 1
   local pid stat
@@ -86,6 +96,7 @@ start() {
   cd "$code"
   setsid nohup bash -c "exec $cmd" >> "$log" 2>&1 < /dev/null &
   echo $! > "$state/pid"
+  detached $!
   printf '%s\n' "$log" > "$state/log"
   if [[ -n $remote ]]; then
     local pid
@@ -98,6 +109,7 @@ start() {
         if (( n >= ${EXIF_JAX_LOG_SYNC_S:-60} )); then $copy || true; n=0; fi; done
       $copy" > "$state/sync.log" 2>&1 < /dev/null &
     echo $! > "$state/sync.pid"
+    detached $!
   fi
   echo "$host: trainer started (pid $(cat "$state/pid")), log $log${remote:+, copied to $remote}"
 }
