@@ -11,7 +11,7 @@ TEST_ENV := XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,torch,cloud,ray]'
+	$(PY) -m pip install -q -e '.[dev,torch,cloud,ray,tpu]'
 	touch $@
 
 venv: $(STAMP)

@@ -51,6 +51,9 @@ setup(
         # build-data --engine ray (Ray tasks only, so core ray, not ray[data]), --parquet inputs (pyarrow);
         # psutil: tests/test_build_ray.py finds and kills a Ray worker, benchmarks/build_data.py reads RSS.
         "ray": ["ray==2.60.0", "pyarrow==26.0.1", "psutil==7.2.2"],
+        # The TPU compiler (what jax[tpu]==0.10.2 pins): benchmarks/pod_compile.py --target tpu compiles for
+        # abstract TPU slices on any machine, and a test does so for v5e:2x2. On a TPU VM it is the runtime too.
+        "tpu": ["libtpu==0.0.42.1"],
     },
     entry_points={"console_scripts": ["exif-jax=exif_jax.cli:main"]},
 )

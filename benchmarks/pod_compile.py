@@ -1,7 +1,20 @@
-"""Pod-scale compiles on CPU: the real train step AOT-compiled for 64- and 256-device meshes of fake CPU devices.
+"""Pod-scale compiles: the real train step AOT-compiled for TPU slices by libtpu, or for fake CPU devices.
 
-For each config (configs/vit_b16.py, configs/resnet50_paper.py) at its real global batch and each mesh
-(data x fsdp, and with tensor = 2 and 4), the step `exif_jax.train.make_trainer` builds is lowered with
+--target tpu (the default when libtpu is installed: `pip install -e '.[tpu]'`): libtpu's compiler, run on
+this machine for abstract devices of a slice (`jax.experimental.topologies`, no TPU attached): v5e-16/64/256,
+v4-32/128 and v5p-128 (TOPOLOGIES). In priority order, under --budget-min: both configs data parallel at
+their batch on every slice; the largest per-chip batch that compiles and fits on the smallest and the largest
+slice (powers of two from a linear guess, then one refinement); the other meshes below. Per chip: arguments,
+outputs, temporaries, generated code and their total against the chip's HBM (fits, margin), the collectives
+in the TPU HLO, FLOPs and `optimal_seconds` from the cost analysis (kept only when positive). OUT.json/.md
+(default docs/measurements/pod_compile_tpu) are rewritten after every compile, listing what is not done yet.
+  .venv/bin/python benchmarks/pod_compile.py --target tpu                     # ~6 min a compile on 2 busy cores
+  .venv/bin/python benchmarks/pod_compile.py --target tpu --resume --budget-min 30   # go on where it stopped
+  POD_COMPILE_HLO_DIR=/tmp/hlo ... keeps each compiled HLO (gzip) to read what the counts stand for.
+
+--target cpu (the fallback without libtpu): for each config (configs/vit_b16.py, configs/resnet50_paper.py) at
+its real global batch and each mesh (data x fsdp, and with tensor = 2 and 4), the step
+`exif_jax.train.make_trainer` builds is lowered with
 abstract inputs (ShapeDtypeStructs carrying the trainer's shardings: no array is materialised) and
 compiled. Per device it reports parameter and optimizer bytes (the shards the partition rules give),
 the compiled program's memory analysis (arguments, temporaries) and the collectives in the compiled HLO
@@ -9,18 +22,21 @@ the compiled program's memory analysis (arguments, temporaries) and the collecti
 and bytes per step, ops inside while loops counted times the loop's trip count; the loss's share apart.
 
 Run (one subprocess per device count; XLA_FLAGS=--xla_force_host_platform_device_count=N is set here):
-  .venv/bin/python benchmarks/pod_compile.py                          # 64 and 256 devices, both configs
-  .venv/bin/python benchmarks/pod_compile.py --devices 64 --configs vit_b16 --out /tmp/pod --set loss.impl=ring
+  .venv/bin/python benchmarks/pod_compile.py --target cpu             # 64 and 256 devices, both configs
+  .venv/bin/python benchmarks/pod_compile.py --target cpu --devices 64 --configs vit_b16 --set loss.impl=ring
 Writes OUT.json and OUT.md (default docs/measurements/pod_compile) and prints the table.
 
-Caveats, so the figures are read right: this is XLA's CPU pipeline. Buffer assignment, fusion and the
-scheduler differ on TPU/GPU, so temporaries are indicative; the CPU pipeline leaves gradient reductions as
-all-reduce (+ slice) where the TPU/GPU pipelines form reduce-scatter (half an all-reduce's wire bytes).
+Caveats of the CPU target, so the figures are read right: this is XLA's CPU pipeline. Buffer assignment, fusion
+and the scheduler differ on TPU/GPU, so temporaries are indicative; the CPU pipeline leaves gradient reductions
+as all-reduce (+ slice) where the TPU/GPU pipelines form reduce-scatter (half an all-reduce's wire bytes).
 Parameter/optimizer bytes and the collective pattern come from the SPMD partitioner, which is the same.
 """
 from __future__ import annotations
 
 import argparse
+import gzip
+import importlib.metadata
+import importlib.util
 import json
 import math
 import os
@@ -138,7 +154,8 @@ def hlo_collectives(text: str, loss_file: str = "exif_jax/losses.py", top_n: int
     """Collectives of a compiled HLO module: per kind ops, executions and bytes per step, for all and for the loss.
 
     An op's bytes are its larger buffer per device (all-gather: the gathered result; reduce-scatter: the
-    input; others: the operand); ops in a while body count trip-count times (nested loops multiply).
+    input; others: the operand); ops in a while body count trip-count times (nested loops multiply). Reads
+    CPU and TPU HLO (libtpu writes a reduce-scatter as an all-reduce inside an `all-reduce-scatter.N` fusion).
     """
     comps: dict[str, list[dict[str, Any]]] = {}
     entry, current = None, None
@@ -206,6 +223,10 @@ def hlo_collectives(text: str, loss_file: str = "exif_jax/losses.py", top_n: int
             kind = ins["opcode"].removesuffix("-start")
             if kind not in COLLECTIVES:
                 continue
+            if kind == "all-reduce" and comp.startswith("all-reduce-scatter"):
+                # libtpu's reduce-scatter: a fusion (emitter AllReduceScatterFusion) of an all-reduce and the
+                # slice each chip keeps; the called computation carries the name.
+                kind = "reduce-scatter"
             operand = sum(shapes.get(o, 0.0) for o in ins["operands"])
             result = _shape_bytes(ins["shape"])
             if ins["opcode"].endswith("-start"):  # async: the result tuple holds the operand too
@@ -257,8 +278,9 @@ def shard_bytes(tree: Any) -> int:
 
 
 def compile_case(config_path: str | Path, mesh_shape: tuple[int, int, int], overrides: tuple[str, ...] = (),
-                 fast: bool = True) -> dict[str, Any]:
-    """Compile the trainer's step for `config_path` on a (data, fsdp, tensor) mesh of all devices; one result row."""
+                 fast: bool = True, devices: list[Any] | None = None) -> dict[str, Any]:
+    """Compile the trainer's step for `config_path` on a (data, fsdp, tensor) mesh of all (or the given)
+    devices; one result row. `devices`: e.g. abstract TPU devices (tpu_topology.devices_of), compiled by libtpu."""
     import jax
 
     from exif_jax import sharding, train
@@ -267,19 +289,31 @@ def compile_case(config_path: str | Path, mesh_shape: tuple[int, int, int], over
     data, fsdp, tensor = mesh_shape
     config = train.load_config(str(config_path), [f"mesh.data={data}", f"mesh.fsdp={fsdp}",
                                                   f"mesh.tensor={tensor}", *overrides])
-    mesh = sharding.make_mesh(config.mesh)
+    mesh = sharding.make_mesh(config.mesh, devices=devices)
     trainer = train.make_trainer(config, mesh, vocab_size_of(config))
     state, batch = abstract_inputs(config, trainer, mesh)
+    platform = mesh.devices.flat[0].platform
     t0 = time.perf_counter()
     lowered = trainer.train_step.lower(state, batch)
-    compiled = lowered.compile(FAST_COMPILE if fast else None)
+    # The CPU-only speed-ups are options of XLA's CPU backend; the TPU compiler runs at its defaults.
+    compiled = lowered.compile(FAST_COMPILE if fast and platform == "cpu" else None)
     seconds = time.perf_counter() - t0
     mem = compiled.memory_analysis()
     hlo = compiled.as_text()
+    if os.environ.get("POD_COMPILE_HLO_DIR"):  # keep the compiled HLO, to read what the counts stand for
+        name = (f"{Path(config_path).stem}_{platform}{mesh.devices.size}_{data}x{fsdp}x{tensor}"
+                f"_b{config.data.global_batch_size}")
+        with gzip.open(Path(os.environ["POD_COMPILE_HLO_DIR"]) / f"{name}.hlo.gz", "wt") as f:
+            f.write(hlo)
     colls = hlo_collectives(hlo)
     n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(state["params"]))
+    row_extra = {}
+    if platform != "cpu":
+        row_extra = {"platform": platform, "device_kind": mesh.devices.flat[0].device_kind,
+                     "generated_code_bytes": int(getattr(mem, "generated_code_size_in_bytes", 0) or 0),
+                     **cost_figures(compiled)}
     return {
-        "config": Path(config_path).stem, "devices": jax.device_count(),
+        "config": Path(config_path).stem, "devices": int(mesh.devices.size),
         "mesh": {"data": data, "fsdp": fsdp, "tensor": tensor}, "global_batch": int(config.data.global_batch_size),
         "loss_impl": config.loss.impl, "params": int(n_params),
         "per_device": {
@@ -290,8 +324,22 @@ def compile_case(config_path: str | Path, mesh_shape: tuple[int, int, int], over
         },
         "collectives": colls["total"], "loss_collectives": colls["loss"],
         "while_loops_without_trip_count": colls["while_loops_without_trip_count"], "largest": colls["largest"],
-        "compile_s": round(seconds, 1), "fast_compile": fast, "jax": jax.__version__,
+        "compile_s": round(seconds, 1), "fast_compile": fast and platform == "cpu", "jax": jax.__version__,
+        **row_extra,
     }
+
+
+def cost_figures(compiled: Any) -> dict[str, Any]:
+    """Per-chip FLOPs and bytes accessed from the compiler's cost analysis, and its optimal_seconds only when
+    positive (libtpu gives a negative figure for whole training steps: recorded as None, with the raw value)."""
+    cost = compiled.cost_analysis()
+    if isinstance(cost, list):  # older jax: one dict per program
+        cost = cost[0] if cost else {}
+    cost = cost or {}
+    optimal = cost.get("optimal_seconds")
+    return {"flops": float(cost.get("flops", 0.0)), "bytes_accessed": float(cost.get("bytes accessed", 0.0)),
+            "optimal_seconds": float(optimal) if optimal is not None and optimal > 0 else None,
+            "optimal_seconds_raw": float(optimal) if optimal is not None else None}
 
 
 # ------------------------------------------------------------------------------------------- reports
@@ -345,8 +393,260 @@ def worker(devices: int, configs: list[str], out_jsonl: str, fast: bool, overrid
                 f.write(json.dumps(row) + "\n")
 
 
+# ------------------------------------------------------------------------------- TPU compiles (libtpu)
+
+GIB = 2**30
+# Cloud TPU slice name -> (libtpu topology name, chip config, HBM per chip). v4 and v5p run one jax device
+# per chip (megacore: both TensorCores), so "v4-32" (32 TensorCores) is 16 chips, 2x2x4. HBM: Google's
+# published per-chip figures (v5e 16 GiB, v4 32 GiB, v5p 95 GiB, v6e 32 GiB).
+TOPOLOGIES: dict[str, tuple[str, str, int]] = {
+    "v5e-4": ("v5e:2x2", "default", 16 * GIB),
+    "v5e-16": ("v5e:4x4", "default", 16 * GIB),
+    "v5e-64": ("v5e:8x8", "default", 16 * GIB),
+    "v5e-256": ("v5e:16x16", "default", 16 * GIB),
+    "v4-32": ("v4:2x2x4", "megacore", 32 * GIB),
+    "v4-128": ("v4:4x4x4", "megacore", 32 * GIB),
+    "v5p-128": ("v5p:4x4x4", "megacore", 95 * GIB),
+    "v6e-16": ("v6e:4x4", "default", 32 * GIB),
+}
+TPU_SLICES = ["v5e-16", "v5e-64", "v5e-256", "v4-32", "v4-128", "v5p-128"]
+
+
+def libtpu_available() -> bool:
+    """Whether the TPU compiler (the libtpu wheel, `pip install -e '.[tpu]'`) is importable here."""
+    return importlib.util.find_spec("libtpu") is not None
+
+
+def chips_of(slice_name: str) -> int:
+    """Chips (jax devices) of a slice: the product of its topology's dimensions."""
+    return math.prod(int(x) for x in TOPOLOGIES[slice_name][0].split(":")[1].split("x"))
+
+
+def tpu_devices(slice_name: str) -> list[Any]:
+    """Abstract TPU devices of a slice (no TPU attached): enough for jax to lower and libtpu to compile."""
+    from jax.experimental import topologies
+
+    topology, chip_config, _ = TOPOLOGIES[slice_name]
+    # libtpu's start-up otherwise asks the (absent) GCE metadata server who it is, and logs errors.
+    os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+    # No chip is opened, so several compiling processes (a test beside a benchmark) need not exclude each other.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+    os.environ.setdefault("TPU_ACCELERATOR_TYPE", slice_name.replace("v5e-", "v5litepod-"))
+    desc = topologies.get_topology_desc(platform="tpu", topology_name=topology, chip_config_name=chip_config,
+                                        chips_per_host_bounds=(2, 2, 1), num_slices=1)
+    return list(desc.devices)
+
+
+def fit_figures(row: dict[str, Any], hbm: int) -> dict[str, Any]:
+    """Per-chip total the program needs (arguments + outputs not aliased to them + temporaries + code) vs HBM."""
+    pd = row["per_device"]
+    total = (pd["argument_bytes"] + pd["output_bytes"] - pd["alias_bytes"] + pd["temp_bytes"]
+             + row.get("generated_code_bytes", 0))
+    return {"hbm_bytes": hbm, "total_bytes": int(total), "fits": total <= hbm, "margin_bytes": int(hbm - total)}
+
+
+def _out_of_memory(message: str) -> bool:
+    return "RESOURCE_EXHAUSTED" in message or "Ran out of memory" in message
+
+
+def tpu_case(name: str, slice_name: str, mesh_shape: tuple[int, int, int], overrides: tuple[str, ...] = (),
+             global_batch: int | None = None, purpose: str = "default") -> dict[str, Any]:
+    """One libtpu compile of `name`'s step on a slice; a row in pod_compile.json's format plus the topology,
+    HBM fit and cost figures. A compile the compiler rejects for memory is a row with fits=False."""
+    topology, _, hbm = TOPOLOGIES[slice_name]
+    devices = tpu_devices(slice_name)
+    sets = tuple(overrides) + ((f"data.global_batch_size={global_batch}",) if global_batch else ())
+    base = {"config": name, "devices": len(devices), "slice": slice_name, "topology": topology,
+            "mesh": dict(zip(("data", "fsdp", "tensor"), mesh_shape)), "purpose": purpose}
+    t0 = time.perf_counter()
+    try:
+        row = compile_case(CONFIGS[name], mesh_shape, sets, devices=devices)
+    except Exception as e:  # one failing case must not sink the others; the table says which and why
+        message = f"{type(e).__name__}: {e}"
+        row = {**base, "global_batch": global_batch, "compile_s": round(time.perf_counter() - t0, 1),
+               "error": message[:2000]}
+        if _out_of_memory(message):
+            row.update({"hbm_bytes": hbm, "fits": False})
+        return row
+    row.update(base)
+    row.update(fit_figures(row, hbm))
+    return row
+
+
+def _tpu_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    mesh = row.get("mesh") or {}
+    return (row["config"], row.get("slice"), mesh.get("data"), mesh.get("fsdp"), mesh.get("tensor"),
+            row.get("global_batch"))
+
+
+class TpuRun:
+    """The TPU matrix, compiled in priority order under a wall-clock budget; OUT.json/.md rewritten after
+    every compile so that a partial run still gives a table (and says what it did not reach)."""
+
+    def __init__(self, out: Path, configs: list[str], slices: list[str], overrides: list[str],
+                 budget_s: float, resume: bool) -> None:
+        self.out, self.configs, self.slices, self.overrides = out, configs, slices, tuple(overrides)
+        self.deadline = time.monotonic() + budget_s
+        self.rows: list[dict[str, Any]] = []
+        self.missing: list[str] = []
+        if resume and out.with_suffix(".json").exists():
+            self.rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+
+    def _done(self, name: str, slice_name: str, mesh_shape: tuple[int, int, int], batch: int | None) -> Any:
+        key = (name, slice_name, *mesh_shape, batch)
+        return next((r for r in self.rows if _tpu_key(r) == key and ("error" not in r or r.get("fits") is False)),
+                    None)
+
+    def case(self, name: str, slice_name: str, mesh_shape: tuple[int, int, int], batch: int | None = None,
+             purpose: str = "default") -> dict[str, Any] | None:
+        """The row for a case: from a previous run (--resume), compiled now, or None (budget spent: missing)."""
+        default_batch = None if batch is not None else self._default_batch(name)
+        row = self._done(name, slice_name, mesh_shape, batch or default_batch)
+        if row is not None:
+            return row
+        label = f"{name} {slice_name} mesh {'x'.join(map(str, mesh_shape))} batch {batch or default_batch} ({purpose})"
+        if time.monotonic() > self.deadline:
+            self.missing.append(label)
+            return None
+        row = tpu_case(name, slice_name, mesh_shape, self.overrides, batch, purpose)
+        status = ("FAILED " + row["error"][:300]) if "error" in row and row.get("fits") is not False else (
+            "does not fit" if not row.get("fits") else f"fits, {row['total_bytes'] / GIB:.2f} GiB/chip")
+        print(f"{label}: {row['compile_s']:.0f} s, {status}", flush=True)
+        self.rows = [r for r in self.rows if _tpu_key(r) != _tpu_key(row)] + [row]
+        self.write()
+        return row
+
+    def _default_batch(self, name: str) -> int:
+        from exif_jax import train
+
+        return int(train.load_config(str(CONFIGS[name]), list(self.overrides)).data.global_batch_size)
+
+    def largest_batch(self, name: str, slice_name: str) -> None:
+        """The largest per-chip batch that fits, data parallel: powers of two from the default one's linear
+        extrapolation, then one refinement halfway between the last fit and the first miss."""
+        chips = chips_of(slice_name)
+        mesh_shape = (chips, 1, 1)
+        first = self.case(name, slice_name, mesh_shape)
+        if first is None or "total_bytes" not in first:
+            return
+        per_chip = first["global_batch"] // chips
+        pd = first["per_device"]
+        # Temporaries and the batch grow with the batch, the state does not: a first guess, then compiles decide.
+        fixed = first["total_bytes"] - pd["temp_bytes"] - pd["batch_bytes"]
+        growth = (pd["temp_bytes"] + pd["batch_bytes"]) / per_chip
+        guess = max(1, int((first["hbm_bytes"] - fixed) / growth))
+        lo, hi = (per_chip, None) if first["fits"] else (0, per_chip)  # largest fit, smallest miss so far
+        b = 2 ** int(math.log2(guess))
+        while hi is None or hi > max(2 * lo, 1):
+            b = max(b, 2 * lo if lo else 1)
+            if hi is not None:
+                b = min(b, hi // 2)
+            if b <= lo or (hi is not None and b >= hi):
+                break
+            row = self.case(name, slice_name, mesh_shape, b * chips, purpose="largest batch")
+            if row is None or row.get("fits") is None:  # budget spent, or a failure that is not memory
+                return
+            if row["fits"]:
+                lo, b = b, 2 * b
+            else:
+                hi, b = b, b // 2
+        if lo and hi is not None and hi - lo > 1:
+            self.case(name, slice_name, mesh_shape, (lo + hi) // 2 * chips, purpose="largest batch refinement")
+
+    def run(self) -> None:
+        chips = {s: chips_of(s) for s in self.slices}
+        # 1. Both models on every slice, data parallel at the config's batch.
+        for s in self.slices:
+            for name in self.configs:
+                self.case(name, s, (chips[s], 1, 1))
+        # 2. The largest per-chip batch on the smallest and the largest slice.
+        ends = sorted(self.slices, key=lambda s: chips[s])
+        for s in dict.fromkeys([ends[0], ends[-1]]):
+            for name in self.configs:
+                self.largest_batch(name, s)
+        # 3. The other meshes of the CPU table (fsdp, tensor parallel), at the config's batch.
+        for s in self.slices:
+            for name in self.configs:
+                for mesh_shape in meshes_for(chips[s])[1:]:
+                    self.case(name, s, mesh_shape)
+        self.write()
+
+    def write(self) -> None:
+        order = list(CONFIGS)
+        self.rows.sort(key=lambda r: (order.index(r["config"]) if r["config"] in order else len(order),
+                                      TPU_SLICES.index(r["slice"]) if r.get("slice") in TPU_SLICES else 99,
+                                      -(r.get("mesh") or {}).get("data", 0), r.get("global_batch") or 0))
+        import jax
+
+        self.out.with_suffix(".json").write_text(json.dumps(
+            {"date": time.strftime("%Y-%m-%d"), "compiler": f"libtpu {importlib.metadata.version('libtpu')}, "
+             f"jax {jax.__version__}", "missing": self.missing, "rows": self.rows}, indent=1))
+        self.out.with_suffix(".md").write_text(tpu_markdown(self.rows, self.missing) + "\n")
+
+
+def tpu_markdown(rows: list[dict[str, Any]], missing: list[str]) -> str:
+    """The TPU table: per-chip memory against HBM, collectives, FLOPs; the largest batch found; what is missing."""
+    head = ("| config | slice (topology) | mesh d×f×t | batch/chip | args | outputs | temps | total | HBM | fits "
+            "(margin) | all-gather | all-reduce | reduce-scatter | coll.-permute | all-to-all | TFLOP/chip | "
+            "optimal s | compile s |")
+    lines = [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
+    best: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        m = r["mesh"]
+        per_chip = (r["global_batch"] // (m["data"] * m["fsdp"])) if r.get("global_batch") else "?"
+        where = f"{r['slice']} ({r['topology']})"
+        mesh = f"{m['data']}×{m['fsdp']}×{m['tensor']}"
+        if m["fsdp"] == 1 and m["tensor"] == 1:
+            best[(r["config"], where)].append(r)
+        if "error" in r:
+            what = "does not fit: " if r.get("fits") is False else "failed: "
+            lines.append(f"| {r['config']} | {where} | {mesh} | {per_chip} | {what}{_first_line(r['error'])} |"
+                         + " |" * 13 + f" {r['compile_s']} |")
+            continue
+        pd, c = r["per_device"], r["collectives"]
+        cells = [f"{c[k]['executions']}× {_gib(c[k]['bytes'])}" if c[k]["executions"] else "–" for k in COLLECTIVES]
+        fits = f"{'yes' if r['fits'] else 'NO'} ({r['margin_bytes'] / GIB:+.2f})"
+        opt = f"{r['optimal_seconds']:.4f}" if r.get("optimal_seconds") else "n/a"
+        lines.append(f"| {r['config']} | {where} | {mesh} | {per_chip} | {_gib(pd['argument_bytes'])} | "
+                     f"{_gib(pd['output_bytes'] - pd['alias_bytes'])} | {_gib(pd['temp_bytes'])} | "
+                     f"{_gib(r['total_bytes'])} | {r['hbm_bytes'] // GIB} | {fits} | " + " | ".join(cells)
+                     + f" | {r['flops'] / 1e12:.2f} | {opt} | {r['compile_s']} |")
+    lines += ["", "GiB per chip unless 'Mi'. outputs: those not aliased to arguments (the donated state). total = "
+              "args + outputs + temps + generated code. HBM: the chip's published size; libtpu's own limit is a "
+              "little lower (v5e: 'available HBM (15.75G)' in its out-of-memory error), so read a margin under "
+              "~0.5 GiB as not fitting. fits: compiled, and total <= HBM; a compile libtpu rejects for memory "
+              "is a 'does not fit' row. Collectives: executions × bytes per step, parsed from the TPU HLO. "
+              "optimal s: the compiler's `optimal_seconds`, shown only when positive (n/a: libtpu returned a "
+              "negative or no figure for the whole step). Compile seconds on 2 CPU cores shared with other "
+              "work, at nice 19."]
+    lines += ["", "Largest per-chip batch that fits (data parallel; compiled, not extrapolated):", "",
+              "| config | slice | largest fitting batch/chip | smallest batch/chip that did not fit | compiles |",
+              "|---|---|---|---|---|"]
+    for (name, where), rs in best.items():
+        tried = sorted({r["global_batch"] // r["mesh"]["data"]: r.get("fits") for r in rs
+                        if r.get("global_batch")}.items())
+        if not any(r.get("purpose", "").startswith("largest batch") for r in rs):
+            continue
+        fit = max((b for b, ok in tried if ok), default=None)
+        miss = min((b for b, ok in tried if ok is False and (fit is None or b > fit)), default=None)
+        lines.append(f"| {name} | {where} | {fit if fit else 'none tried fits'} | {miss if miss else 'not found'} "
+                     "| " + ", ".join(f"{b} {'fits' if ok else 'no'}" for b, ok in tried) + " |")
+    if missing:
+        lines += ["", f"Not compiled in this run (--budget-min spent; `--resume` compiles them): {len(missing)}", ""]
+        lines += [f"- {m}" for m in missing]
+    return "\n".join(lines)
+
+
+def _first_line(message: str) -> str:
+    line = next((ln for ln in message.splitlines() if "memory" in ln.lower() or "exhausted" in ln.lower()),
+                message.splitlines()[0] if message else "")
+    return line.replace("|", "/")[:160]
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Parse flags; one worker subprocess per device count; write OUT.json and OUT.md."""
+    """Parse flags; TPU: compile the matrix in this process; CPU: one worker subprocess per device count.
+    Writes OUT.json and OUT.md."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--devices", type=int, nargs="+", default=[64, 256])
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
@@ -359,7 +659,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jsonl", help=argparse.SUPPRESS)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="a config override applied to every compile, e.g. --set loss.impl=ring (repeatable)")
+    p.add_argument("--target", choices=("auto", "tpu", "cpu"), default="auto",
+                   help="tpu: libtpu's compiler for abstract TPU slices; cpu: fake CPU devices; auto: tpu when "
+                        "libtpu is installed (pip install -e '.[tpu]'), else cpu")
+    p.add_argument("--slices", nargs="+", default=TPU_SLICES, choices=list(TOPOLOGIES),
+                   help="TPU slices (--target tpu)")
+    p.add_argument("--budget-min", type=float, default=60.0,
+                   help="--target tpu: start no compile after this many minutes; the table lists what is missing")
+    p.add_argument("--resume", action="store_true",
+                   help="--target tpu: keep OUT.json's rows and compile only the cases it lacks")
     a = p.parse_args(argv)
+    target = a.target if a.target != "auto" else ("tpu" if libtpu_available() else "cpu")
+    if a.target == "auto" and target == "cpu":
+        print("libtpu is not installed: compiling for fake CPU devices (pip install -e '.[tpu]' for the TPU "
+              "compiler's figures)", file=sys.stderr)
+    if target == "tpu":
+        if not libtpu_available():
+            p.error("--target tpu needs libtpu (the TPU compiler): pip install -e '.[tpu]'")
+        out = Path(a.out if a.out != p.get_default("out") else str(REPO / "docs" / "measurements" / "pod_compile_tpu"))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        run = TpuRun(out, a.configs, a.slices, a.overrides, a.budget_min * 60, a.resume)
+        run.run()
+        print(out.with_suffix(".md").read_text())
+        return 0 if run.rows and all("error" not in r or r.get("fits") is False for r in run.rows) else 1
     if a.worker:
         # Before jax loads (nothing above imports it): the fake device count is read once, at start-up.
         os.environ["JAX_PLATFORMS"] = "cpu"
