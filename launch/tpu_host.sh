@@ -14,7 +14,7 @@
 # Logs: WORKDIR/logs/train.HOST.log. A WORKDIR in object storage (gs://, s3://) cannot be appended to, so each
 # start's log is written to ~/exif-jax-logs/train.TIME.log and copied whole to WORKDIR/logs/train.HOST.TIME.log
 # with `gcloud storage cp` every EXIF_JAX_LOG_SYNC_S seconds (60) and once the trainer has exited (gcloud
-# writes s3:// too, given AWS credentials). Environment: EXIF_JAX_EXTRAS (pip extras, default tpu), EXIF_JAX_HOST (the log's host name;
+# writes s3:// too, given AWS credentials). Environment: EXIF_JAX_EXTRAS (pip extras, default tpu,cloud: the TPU runtime and the gs:// + s3:// clients), EXIF_JAX_HOST (the log's host name;
 # default hostname).
 set -euo pipefail
 action=${1:-}
@@ -53,14 +53,14 @@ setup() {
   fi
   [[ -f $code/setup.py ]] || { echo "$host: no code in $code (run launch/tpu_pod.sh, which copies it)" >&2; exit 1; }
   local stamp
-  stamp=$code/.venv/.installed-$(sha1sum "$code/setup.py" | cut -c1-12)-${EXIF_JAX_EXTRAS:-tpu}
+  stamp=$code/.venv/.installed-$(sha1sum "$code/setup.py" | cut -c1-12)-${EXIF_JAX_EXTRAS:-tpu,cloud}
   if [[ -f $stamp ]]; then
     echo "$host: venv already set up for this setup.py"
     return
   fi
   echo "$host: setting up $code/.venv"
   [[ -x $code/.venv/bin/python ]] || python3 -m venv "$code/.venv"
-  (cd "$code" && .venv/bin/pip install -q -e ".[${EXIF_JAX_EXTRAS:-tpu}]")
+  (cd "$code" && .venv/bin/pip install -q -e ".[${EXIF_JAX_EXTRAS:-tpu,cloud}]")
   touch "$stamp"
 }
 
