@@ -105,7 +105,7 @@ def provision(host: Path) -> None:
                        f'exec {sys.executable}{run} "$@"\n')
         exe.chmod(0o755)
     sha = hashlib.sha1((REPO / "setup.py").read_bytes()).hexdigest()[:12]
-    (venv / f".installed-{sha}-tpu").touch()
+    (venv / f".installed-{sha}-tpu,cloud").touch()
 
 
 def tpu_pod(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
