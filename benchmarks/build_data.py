@@ -133,7 +133,8 @@ def to_markdown(res: dict) -> str:
                     f"{r['driver_cpu_s']:.2f} | {r['daemon_cpu_s']:.2f} | {r['driver_rss_mb']:.0f} |")
     m, y = res["driver_memory"], res["driver_memory_yfcc"]
     return "\n".join([
-        f"build-data on {res['images']} ({res['photos']} photos, {res['shards']} shards, {res['cores']} cores, "
+        f"build-data on {os.path.basename(os.path.normpath(res['images']))} ({res['photos']} photos, "
+        f"{res['shards']} shards, {res['cores']} cores, "
         f"{res['date']}; `{res['command']}`)", "",
         *rows, "",
         f"Ray / pool: photos per core-second (wall x cores) {res['ray_vs_pool']['core_s']:.3f}, photos per "
