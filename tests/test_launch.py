@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = [pytest.mark.subprocess, pytest.mark.slow]  # real trainers behind fake gcloud / SLURM commands
+
 REPO = Path(__file__).parents[1]
 FAKE = REPO / "tests" / "fake_cluster"
 CONFIG = str(REPO / "configs" / "tiny.py")

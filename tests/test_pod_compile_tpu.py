@@ -14,8 +14,9 @@ _spec = importlib.util.spec_from_file_location("pod_compile", REPO / "benchmarks
 pod_compile = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(pod_compile)
 
-pytestmark = pytest.mark.skipif(not pod_compile.libtpu_available(),
-                                reason="libtpu (the TPU compiler) is not installed: pip install -e '.[tpu]'")
+pytestmark = [pytest.mark.skipif(not pod_compile.libtpu_available(),
+                                 reason="libtpu (the TPU compiler) is not installed: pip install -e '.[tpu]'"),
+              pytest.mark.slow]  # the TPU compiler, seconds a compile
 
 # configs/tiny.py cut to one block per tower, as in test_pod_compile.py: each compile takes seconds.
 SMALL = ("mesh.fsdp_min_size=0", "model.image.depth=1", "model.text.depth=1", "data.crop_size=16",
