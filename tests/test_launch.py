@@ -11,7 +11,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_train import free_port, slurm_job_id  # ports on 127.0.0.1; a job id whose coordinator port is free
 
 pytestmark = [pytest.mark.subprocess, pytest.mark.slow]  # real trainers behind fake gcloud / SLURM commands
 
@@ -64,12 +64,6 @@ def calls(env: dict[str, str], cmd: str | None = None) -> list[list[str]]:
     path = Path(env["FAKE_CALLS"])
     rows = [json.loads(ln) for ln in path.read_text().splitlines()] if path.exists() else []
     return [r["argv"] for r in rows if cmd is None or r["cmd"] == cmd]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(pred, timeout: float, what: str) -> None:
@@ -227,18 +221,6 @@ def test_tpu_host_copies_the_log_to_an_object_store_workdir(env, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ SLURM
-
-def slurm_job_id() -> int:
-    """A job id whose derived coordinator port is free: jax uses job_id % 4096 + 61440 (slurm_cluster.py)."""
-    for port in range(61440 + os.getpid() % 4096, 65536):
-        try:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return 4096 * 1000 + port - 61440
-    raise RuntimeError("no free port in 61440-65535")
-
 
 @pytest.fixture
 def submit_dir(tmp_path, env) -> Path:
