@@ -91,12 +91,14 @@ class Build:
         # 1: heads (records + the band tables the crops need)
         bounds, head_reqs = [], []
         for r, p in zip(rows, pos):
-            bb = [layout.region_bounds(r, int(y), int(x), size, size) for y, x in p] \
-                if r["kind"] == layout.KIND_BANDED and decode != "whole" else []
-            last = max([(r1 - 1) // int(r["band_rows"]) for _, r1, _, _ in bb], default=-1)
-            if r["kind"] == layout.KIND_BANDED and decode == "whole":
-                last = -(-int(r["mcus_y"]) // int(r["band_rows"])) - 1
-            a, z = layout.head_span(r, max(last, 0))
+            if r["kind"] != layout.KIND_BANDED:
+                bb = []
+            elif decode == "whole":  # one region: the whole MCU grid
+                bb = [(0, int(r["mcus_y"]), 0, int(r["mcus_x"]))]
+            else:
+                bb = [layout.region_bounds(r, int(y), int(x), size, size) for y, x in p]
+            last = max([(r1 - 1) // int(r["band_rows"]) for _, r1, _, _ in bb], default=0)
+            a, z = layout.head_span(r, last)
             bounds.append(bb)
             head_reqs.append((self.pixel_files[int(r["shard"])], int(r["at"]) + a, int(r["at"]) + z))
         heads_raw = self.ranges.read(head_reqs)
@@ -104,10 +106,7 @@ class Build:
         # 2: every band range of every crop, deduplicated
         want: dict[tuple[str, int, int], int] = {}
         plan = []
-        for j, (r, hd, bb) in enumerate(zip(rows, heads, bounds)):
-            if r["kind"] == layout.KIND_BANDED and decode == "whole":
-                bb = [(0, int(r["mcus_y"]), 0, int(r["mcus_x"]))]
-                bounds[j] = bb
+        for r, hd, bb in zip(rows, heads, bounds):
             per_crop = []
             for r0, r1, c0, c1 in bb:
                 spans = layout.band_spans(r, hd, r0, r1, c0, c1)
@@ -139,19 +138,18 @@ class Build:
             out.append((rec, crops))
         return out
 
-    def whole_jpeg(self, i: int) -> bytes:
-        """A whole JPEG that decodes to photo i's pixels (the banded MCUs reassembled in order)."""
-        r = self.index[i]
-        if r["kind"] != layout.KIND_BANDED:
-            f = self.pixel_files[int(r["shard"])]
-            return layout.whole_stream(self.ranges.read([(f, int(r["at"]), int(r["at"] + r["len"]))])[0], r)
+    def photo(self, i: int) -> tuple[Record, bytes]:
+        """Photo i's record and a whole JPEG that decodes to its pixels (the banded MCUs reassembled in
+        order), from one read of its blob."""
+        r, what = self.index[i], self._what(i)
         f = self.pixel_files[int(r["shard"])]
         blob = self.ranges.read([(f, int(r["at"]), int(r["at"] + r["len"]))])[0]
-        nb = -(-int(r["mcus_y"]) // int(r["band_rows"]))
-        hd = layout.Head(memoryview(blob)[: layout.head_span(r, nb - 1)[1]], r, self._what(i))
-        spans = layout.band_spans(r, hd, 0, int(r["mcus_y"]), 0, int(r["mcus_x"]))
-        pieces = [(b, blob[a:z]) for b, a, z in spans]
-        return layout.region_jpeg(r, hd, pieces, 0, int(r["mcus_y"]), 0, int(r["mcus_x"]), self._what(i))[0]
+        if r["kind"] != layout.KIND_BANDED:
+            return decode_record(layout.Head(blob, r, what).record), layout.whole_stream(blob, r)
+        my, mx = int(r["mcus_y"]), int(r["mcus_x"])
+        hd = layout.Head(memoryview(blob)[: layout.head_span(r, (my - 1) // int(r["band_rows"]))[1]], r, what)
+        pieces = [(b, blob[a:z]) for b, a, z in layout.band_spans(r, hd, 0, my, 0, mx)]
+        return decode_record(hd.record), layout.region_jpeg(r, hd, pieces, 0, my, 0, mx, what)[0]
 
     def records(self, indices: Sequence[int]) -> list[Record]:
         """The records of these photos (their heads only)."""
@@ -170,10 +168,13 @@ def read_records(data_dir: str, *, with_image: bool = False) -> Iterator[Record]
         try:
             for start in range(0, len(build), 32):
                 idx = list(range(start, min(len(build), start + 32)))
-                for i, rec in zip(idx, build.records(idx)):
-                    if with_image:
-                        rec["image"] = build.whole_jpeg(i)
-                    yield rec
+                if with_image:  # each blob read once: its head holds the record
+                    for i in idx:
+                        rec, jpeg = build.photo(i)
+                        rec["image"] = jpeg
+                        yield rec
+                else:
+                    yield from build.records(idx)
         finally:
             build.close()
         return
