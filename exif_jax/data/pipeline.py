@@ -177,11 +177,11 @@ class _ReadCrops:
     """(global position, photo) pairs -> their crops with ids and tokens, every read of the group in flight
     at once. One pair gives a k-crop group (leading dim k); a batch of pairs (k == 1) gives a batch."""
 
-    def __init__(self, data_dir: str, crop_size: int, k: int, tokenizer: TokenizerLike, decode: str, seed: int,
-                 batched: bool, log_every_s: float = 60.0):
-        self.data_dir, self.crop_size, self.k = data_dir, crop_size, k
+    def __init__(self, build: reader.Build, crop_size: int, k: int, tokenizer: TokenizerLike, decode: str,
+                 seed: int, batched: bool, log_every_s: float = 60.0):
+        self.data_dir, self.crop_size, self.k = build.data_dir, crop_size, k
         self.tokenizer, self.decode, self.seed, self.batched = tokenizer, decode, seed, batched
-        self._build: reader.Build | None = None
+        self._build: reader.Build | None = build  # this process's; a worker process opens its own
         self.log_every_s = float(log_every_s)
         self._logged = 0.0
 
@@ -281,7 +281,8 @@ def make_loader(
 
     indexed = reader.has_index(d.train_dir)
     if indexed:
-        ds = grain.MapDataset.source(_PhotoIndex(len(reader.load_index(d.train_dir))))
+        build = reader.Build(d.train_dir)  # reads the index once; decoding in this process uses it too
+        ds = grain.MapDataset.source(_PhotoIndex(len(build)))
     else:
         ds = grain.MapDataset.source(_IndexedRecords(d.train_dir))
     if d.shuffle:
@@ -291,7 +292,7 @@ def make_loader(
     if indexed:
         # Crops are drawn from the global position (before the process split): the same in any process count.
         ds = ds.map_with_index(_with_position)
-        read = _ReadCrops(d.train_dir, int(d.crop_size), k, tokenizer, d.decode, crop_seed, batched=k == 1,
+        read = _ReadCrops(build, int(d.crop_size), k, tokenizer, d.decode, crop_seed, batched=k == 1,
                           log_every_s=float(d.get("log_every_s", 60.0)))
         if k == 1:
             # One crop per photo: the batch is formed first and read as one (all its requests in flight),
