@@ -11,8 +11,6 @@ import object_store  # tests/ is on sys.path (conftest's folder)
 import pytest
 from test_train import EXE, FAST_COMPILE, free_port, overrides, rows
 
-from exif_jax import cli
-
 pytestmark = [pytest.mark.subprocess, pytest.mark.slow]  # real training runs from a bucket
 
 REPO = Path(__file__).parents[1]
@@ -59,10 +57,15 @@ def _run(workdir: Path, data_dir: str, env: dict, procs: int, log: Path, extra: 
     assert codes == [0] * procs, "".join(Path(f"{log}.{i}").read_text()[-3000:] for i in range(procs))
 
 
-def test_two_processes_train_from_s3_like_one_from_disk(remote_build, s3_server, tmp_path):
-    local = str(tmp_path / "local_build")
-    assert cli.main(["build-data", "--images", str(PHOTOS), "--out", local, "--workers", "1", "--no-progress"]) == 0
-    _run(tmp_path / "ref", local, _base_env(), 1, tmp_path / "ref.log")
+@pytest.fixture(scope="module")
+def ref_run(bundled_records, tmp_path_factory) -> Path:
+    """One process training on the same photos built on local disk: what every remote run must equal."""
+    wd = tmp_path_factory.mktemp("remote_train_ref") / "ref"
+    _run(wd, bundled_records, _base_env(), 1, wd.parent / "ref.log")
+    return wd
+
+
+def test_two_processes_train_from_s3_like_one_from_disk(remote_build, s3_server, tmp_path, ref_run):
     proxy = object_store.start_proxy(s3_server, max_upstream=8)
     try:
         env = {**_base_env(), **proxy.env}
@@ -74,7 +77,7 @@ def test_two_processes_train_from_s3_like_one_from_disk(remote_build, s3_server,
         two = proxy.stats()["requests"].get("GET", 0)
     finally:
         proxy.stop()
-    want = rows(tmp_path / "ref")
+    want = rows(ref_run)
     for name in ("one", "two"):
         got = rows(tmp_path / name)
         assert sorted(got) == list(range(1, STEPS + 1))
@@ -86,12 +89,9 @@ def test_two_processes_train_from_s3_like_one_from_disk(remote_build, s3_server,
     assert one > 0 and two <= 1.25 * one + 10, (one, two)
 
 
-def test_training_goes_on_through_5_percent_failed_requests(remote_build, s3_server, tmp_path):
+def test_training_goes_on_through_5_percent_failed_requests(remote_build, s3_server, tmp_path, ref_run):
     """503s, 429s, resets, timeouts and truncated bodies on 5% of reads: the run is the same run, and the
     loader's log line counts the retries."""
-    local = str(tmp_path / "local_build")
-    assert cli.main(["build-data", "--images", str(PHOTOS), "--out", local, "--workers", "1", "--no-progress"]) == 0
-    _run(tmp_path / "ref", local, _base_env(), 1, tmp_path / "ref.log")
     proxy = object_store.start_proxy(s3_server, fault_rate=0.05, seed=7, timeout_hold_s=2.0, max_upstream=8)
     try:
         _run(tmp_path / "faulty", remote_build, {**_base_env(), **proxy.env}, 1, tmp_path / "faulty.log",
@@ -99,7 +99,7 @@ def test_training_goes_on_through_5_percent_failed_requests(remote_build, s3_ser
         faults = proxy.stats()["faults"]
     finally:
         proxy.stop()
-    got, want = rows(tmp_path / "faulty"), rows(tmp_path / "ref")
+    got, want = rows(tmp_path / "faulty"), rows(ref_run)
     assert sorted(got) == sorted(want)
     for s in got:
         assert got[s]["fingerprint"] == want[s]["fingerprint"] and got[s]["loss"] == want[s]["loss"], s
