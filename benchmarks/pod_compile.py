@@ -34,6 +34,7 @@ Parameter/optimizer bytes and the collective pattern come from the SPMD partitio
 from __future__ import annotations
 
 import argparse
+import fcntl
 import gzip
 import importlib.metadata
 import importlib.util
@@ -43,7 +44,9 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
+import zlib
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -458,7 +461,8 @@ def tpu_case(name: str, slice_name: str, mesh_shape: tuple[int, int, int], overr
     devices = tpu_devices(slice_name)
     sets = tuple(overrides) + ((f"data.global_batch_size={global_batch}",) if global_batch else ())
     base = {"config": name, "devices": len(devices), "slice": slice_name, "topology": topology,
-            "mesh": dict(zip(("data", "fsdp", "tensor"), mesh_shape)), "purpose": purpose}
+            "mesh": dict(zip(("data", "fsdp", "tensor"), mesh_shape)), "purpose": purpose,
+            **({"overrides": list(overrides)} if overrides else {})}
     t0 = time.perf_counter()
     try:
         row = compile_case(CONFIGS[name], mesh_shape, sets, devices=devices)
@@ -477,7 +481,7 @@ def tpu_case(name: str, slice_name: str, mesh_shape: tuple[int, int, int], overr
 def _tpu_key(row: dict[str, Any]) -> tuple[Any, ...]:
     mesh = row.get("mesh") or {}
     return (row["config"], row.get("slice"), mesh.get("data"), mesh.get("fsdp"), mesh.get("tensor"),
-            row.get("global_batch"))
+            row.get("global_batch"), tuple(row.get("overrides") or ()))
 
 
 class TpuRun:
@@ -485,8 +489,10 @@ class TpuRun:
     every compile so that a partial run still gives a table (and says what it did not reach)."""
 
     def __init__(self, out: Path, configs: list[str], slices: list[str], overrides: list[str],
-                 budget_s: float, resume: bool) -> None:
+                 budget_s: float, resume: bool, search_slices: list[str] | None = None) -> None:
         self.out, self.configs, self.slices, self.overrides = out, configs, slices, tuple(overrides)
+        self.resume, self.search_slices = resume, search_slices
+        self.compiled: set[tuple[Any, ...]] = set()  # the cases compiled by this run
         self.deadline = time.monotonic() + budget_s
         self.rows: list[dict[str, Any]] = []
         self.missing: list[str] = []
@@ -494,7 +500,7 @@ class TpuRun:
             self.rows = json.loads(out.with_suffix(".json").read_text())["rows"]
 
     def _done(self, name: str, slice_name: str, mesh_shape: tuple[int, int, int], batch: int | None) -> Any:
-        key = (name, slice_name, *mesh_shape, batch)
+        key = (name, slice_name, *mesh_shape, batch, self.overrides)  # a --set run is other cases
         return next((r for r in self.rows if _tpu_key(r) == key and ("error" not in r or r.get("fits") is False)),
                     None)
 
@@ -514,6 +520,7 @@ class TpuRun:
             "does not fit" if not row.get("fits") else f"fits, {row['total_bytes'] / GIB:.2f} GiB/chip")
         print(f"{label}: {row['compile_s']:.0f} s, {status}", flush=True)
         self.rows = [r for r in self.rows if _tpu_key(r) != _tpu_key(row)] + [row]
+        self.compiled.add(_tpu_key(row))
         self.write()
         return row
 
@@ -522,14 +529,20 @@ class TpuRun:
 
         return int(train.load_config(str(CONFIGS[name]), list(self.overrides)).data.global_batch_size)
 
-    def largest_batch(self, name: str, slice_name: str) -> None:
-        """The largest per-chip batch that fits, data parallel: powers of two from the default one's linear
-        extrapolation, then one refinement halfway between the last fit and the first miss."""
+    def largest_batch(self, name: str, slice_name: str,
+                      bracket: tuple[int, int | None] | None = None) -> tuple[int, int | None] | None:
+        """The largest per-chip batch that fits, data parallel; returns (largest fit, smallest miss) per chip.
+
+        Without `bracket`: powers of two from the default batch's linear extrapolation, then one refinement
+        halfway between the last fit and the first miss. With the bracket a smaller slice gave: its two ends are
+        compiled first (data parallel, the state is replicated and the batch per chip is the same, so the
+        per-chip memory hardly depends on the slice); when both hold here too the search ends, at the smaller
+        slice's precision, and otherwise it goes on from them as above."""
         chips = chips_of(slice_name)
         mesh_shape = (chips, 1, 1)
         first = self.case(name, slice_name, mesh_shape)
         if first is None or "total_bytes" not in first:
-            return
+            return None
         per_chip = first["global_batch"] // chips
         pd = first["per_device"]
         # Temporaries and the batch grow with the batch, the state does not: a first guess, then compiles decide.
@@ -537,22 +550,34 @@ class TpuRun:
         growth = (pd["temp_bytes"] + pd["batch_bytes"]) / per_chip
         guess = max(1, int((first["hbm_bytes"] - fixed) / growth))
         lo, hi = (per_chip, None) if first["fits"] else (0, per_chip)  # largest fit, smallest miss so far
+        seeds = [b for b in (bracket or ()) if b]
         b = 2 ** int(math.log2(guess))
         while hi is None or hi > max(2 * lo, 1):
-            b = max(b, 2 * lo if lo else 1)
-            if hi is not None:
-                b = min(b, hi // 2)
-            if b <= lo or (hi is not None and b >= hi):
-                break
+            if seeds:
+                b = seeds.pop(0)
+                if b <= lo or (hi is not None and b >= hi):
+                    continue
+            else:
+                b = max(b, 2 * lo if lo else 1)
+                if hi is not None:
+                    b = min(b, hi // 2)
+                if b <= lo or (hi is not None and b >= hi):
+                    break
             row = self.case(name, slice_name, mesh_shape, b * chips, purpose="largest batch")
             if row is None or row.get("fits") is None:  # budget spent, or a failure that is not memory
-                return
+                return None
             if row["fits"]:
                 lo, b = b, 2 * b
             else:
                 hi, b = b, b // 2
+            if bracket and (lo, hi) == tuple(bracket):
+                return lo, hi  # the smaller slice's bracket holds here
         if lo and hi is not None and hi - lo > 1:
-            self.case(name, slice_name, mesh_shape, (lo + hi) // 2 * chips, purpose="largest batch refinement")
+            row = self.case(name, slice_name, mesh_shape, (lo + hi) // 2 * chips, purpose="largest batch refinement")
+            if row is None or row.get("fits") is None:
+                return None
+            lo, hi = ((lo + hi) // 2, hi) if row["fits"] else (lo, (lo + hi) // 2)
+        return lo, hi
 
     def run(self) -> None:
         chips = {s: chips_of(s) for s in self.slices}
@@ -560,11 +585,14 @@ class TpuRun:
         for s in self.slices:
             for name in self.configs:
                 self.case(name, s, (chips[s], 1, 1))
-        # 2. The largest per-chip batch on the smallest and the largest slice.
+        # 2. The largest per-chip batch on the smallest and the largest slice (smallest first: its bracket is
+        #    where the larger slice's search starts).
         ends = sorted(self.slices, key=lambda s: chips[s])
-        for s in dict.fromkeys([ends[0], ends[-1]]):
+        search = self.search_slices if self.search_slices is not None else list(dict.fromkeys([ends[0], ends[-1]]))
+        found: dict[str, tuple[int, int | None] | None] = {}
+        for s in sorted(search, key=lambda s: chips_of(s)):
             for name in self.configs:
-                self.largest_batch(name, s)
+                found[name] = self.largest_batch(name, s, found.get(name))
         # 3. The other meshes of the CPU table (fsdp, tensor parallel), at the config's batch.
         for s in self.slices:
             for name in self.configs:
@@ -574,15 +602,30 @@ class TpuRun:
 
     def write(self) -> None:
         order = list(CONFIGS)
-        self.rows.sort(key=lambda r: (order.index(r["config"]) if r["config"] in order else len(order),
-                                      TPU_SLICES.index(r["slice"]) if r.get("slice") in TPU_SLICES else 99,
-                                      -(r.get("mesh") or {}).get("data", 0), r.get("global_batch") or 0))
         import jax
 
-        self.out.with_suffix(".json").write_text(json.dumps(
-            {"date": time.strftime("%Y-%m-%d"), "compiler": f"libtpu {importlib.metadata.version('libtpu')}, "
-             f"jax {jax.__version__}", "missing": self.missing, "rows": self.rows}, indent=1))
-        self.out.with_suffix(".md").write_text(tpu_markdown(self.rows, self.missing) + "\n")
+        path = self.out.with_suffix(".json")
+        # --resume runs may share OUT (one per group of slices, on a machine with cores to spare): each takes
+        # the lock, keeps the rows the others wrote meanwhile, and replaces the file whole.
+        lock_path = Path(tempfile.gettempdir()) / f"pod_compile.{zlib.crc32(str(path.resolve()).encode()):08x}.lock"
+        with open(lock_path, "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if self.resume and path.exists():
+                # What another run wrote since wins over this run's older copy of it (e.g. a failed case it
+                # has compiled again), except for the cases this run compiled itself.
+                merged = {_tpu_key(r): r for r in self.rows}
+                merged.update({_tpu_key(r): r for r in json.loads(path.read_text())["rows"]})
+                merged.update({_tpu_key(r): r for r in self.rows if _tpu_key(r) in self.compiled})
+                self.rows = list(merged.values())
+            self.rows.sort(key=lambda r: (order.index(r["config"]) if r["config"] in order else len(order),
+                                          TPU_SLICES.index(r["slice"]) if r.get("slice") in TPU_SLICES else 99,
+                                          -(r.get("mesh") or {}).get("data", 0), r.get("global_batch") or 0))
+            tmp = path.with_suffix(f".json.{os.getpid()}")
+            tmp.write_text(json.dumps(
+                {"date": time.strftime("%Y-%m-%d"), "compiler": f"libtpu {importlib.metadata.version('libtpu')}, "
+                 f"jax {jax.__version__}", "missing": self.missing, "rows": self.rows}, indent=1))
+            tmp.replace(path)
+            self.out.with_suffix(".md").write_text(tpu_markdown(self.rows, self.missing) + "\n")
 
 
 def tpu_markdown(rows: list[dict[str, Any]], missing: list[str]) -> str:
@@ -597,18 +640,19 @@ def tpu_markdown(rows: list[dict[str, Any]], missing: list[str]) -> str:
         per_chip = (r["global_batch"] // (m["data"] * m["fsdp"])) if r.get("global_batch") else "?"
         where = f"{r['slice']} ({r['topology']})"
         mesh = f"{m['data']}×{m['fsdp']}×{m['tensor']}"
+        name = r["config"] + (f" ({', '.join(r['overrides'])})" if r.get("overrides") else "")  # a --set run
         if m["fsdp"] == 1 and m["tensor"] == 1:
-            best[(r["config"], where)].append(r)
+            best[(name, where)].append(r)
         if "error" in r:
             what = "does not fit: " if r.get("fits") is False else "failed: "
-            lines.append(f"| {r['config']} | {where} | {mesh} | {per_chip} | {what}{_first_line(r['error'])} |"
+            lines.append(f"| {name} | {where} | {mesh} | {per_chip} | {what}{_first_line(r['error'])} |"
                          + " |" * 13 + f" {r['compile_s']} |")
             continue
         pd, c = r["per_device"], r["collectives"]
         cells = [f"{c[k]['executions']}× {_gib(c[k]['bytes'])}" if c[k]["executions"] else "–" for k in COLLECTIVES]
         fits = f"{'yes' if r['fits'] else 'NO'} ({r['margin_bytes'] / GIB:+.2f})"
         opt = f"{r['optimal_seconds']:.4f}" if r.get("optimal_seconds") else "n/a"
-        lines.append(f"| {r['config']} | {where} | {mesh} | {per_chip} | {_gib(pd['argument_bytes'])} | "
+        lines.append(f"| {name} | {where} | {mesh} | {per_chip} | {_gib(pd['argument_bytes'])} | "
                      f"{_gib(pd['output_bytes'] - pd['alias_bytes'])} | {_gib(pd['temp_bytes'])} | "
                      f"{_gib(r['total_bytes'])} | {r['hbm_bytes'] // GIB} | {fits} | " + " | ".join(cells)
                      + f" | {r['flops'] / 1e12:.2f} | {opt} | {r['compile_s']} |")
@@ -667,7 +711,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget-min", type=float, default=60.0,
                    help="--target tpu: start no compile after this many minutes; the table lists what is missing")
     p.add_argument("--resume", action="store_true",
-                   help="--target tpu: keep OUT.json's rows and compile only the cases it lacks")
+                   help="--target tpu: keep OUT.json's rows and compile only the cases it lacks; several --resume "
+                        "runs (e.g. one per group of --slices) may share OUT, each keeping the rows the others add")
+    p.add_argument("--largest-batch-slices", nargs="*", choices=list(TOPOLOGIES), default=None,
+                   help="--target tpu: slices to search the largest per-chip batch on (default: the smallest and "
+                        "the largest of --slices; none: skip the search)")
     a = p.parse_args(argv)
     target = a.target if a.target != "auto" else ("tpu" if libtpu_available() else "cpu")
     if a.target == "auto" and target == "cpu":
@@ -678,7 +726,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error("--target tpu needs libtpu (the TPU compiler): pip install -e '.[tpu]'")
         out = Path(a.out if a.out != p.get_default("out") else str(REPO / "docs" / "measurements" / "pod_compile_tpu"))
         out.parent.mkdir(parents=True, exist_ok=True)
-        run = TpuRun(out, a.configs, a.slices, a.overrides, a.budget_min * 60, a.resume)
+        run = TpuRun(out, a.configs, a.slices, a.overrides, a.budget_min * 60, a.resume, a.largest_batch_slices)
         run.run()
         print(out.with_suffix(".md").read_text())
         return 0 if run.rows and all("error" not in r or r.get("fits") is False for r in run.rows) else 1

@@ -13,6 +13,7 @@ from typing import Any
 
 import jax
 import ml_collections
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -96,8 +97,15 @@ def make_mesh(mesh_config: ml_collections.ConfigDict, devices: Sequence[jax.Devi
     # all-reduces inside. Explicit axes would make every matmul in the towers spell out its output
     # sharding (an FSDP-sharded kernel times a batch sharded over the same "fsdp" axis is an error
     # there), and the losses' shard_map would reject inputs that are not already laid out as it asks.
-    return jax.make_mesh(shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES),
-                         devices=devices)
+    axis_types = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+    try:
+        return jax.make_mesh(shape, MESH_AXES, axis_types=axis_types, devices=devices)
+    except NotImplementedError:
+        # jax.make_mesh lays each mesh axis over whole axes of the TPU torus (it splits one only on v5e). A
+        # v4/v5p 4x4x4 has no set of physical axes of size 8, so fsdp=8 there needs one split: still every chip
+        # once, the axis then rides part of a ring. Meshes that fit the torus whole keep jax's layout.
+        grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+        return Mesh(grid, MESH_AXES, axis_types=axis_types)
 
 
 def path_str(path: Sequence[Any]) -> str:

@@ -83,4 +83,23 @@ def test_run_writes_table_and_says_what_it_did_not_reach(tiny_config, tmp_path):
     again = pod_compile.TpuRun(out, ["tiny"], ["v5e-4"], list(SMALL), budget_s=0, resume=True)
     assert again.case("tiny", "v5e-4", (4, 1, 1)) == json.loads(out.with_suffix(".json").read_text())["rows"][0]
     md = out.with_suffix(".md").read_text()
-    assert "| tiny | v5e-4 (v5e:2x2) | 4×1×1 | 4 |" in md and "yes (+" in md
+    assert "| tiny (mesh.fsdp_min_size=0, " in md and "| v5e-4 (v5e:2x2) | 4×1×1 | 4 |" in md and "yes (+" in md
+
+
+def test_mesh_axis_of_8_on_a_4x4x4_torus():
+    # v4-128 / v5p-128 are 4x4x4 tori: no set of whole physical axes has 8 chips, so jax.make_mesh refuses
+    # data 8 x fsdp 8 there; the trainer's mesh splits one axis and still uses every chip once.
+    import jax
+    import ml_collections
+
+    from exif_jax import sharding
+
+    devices = pod_compile.tpu_devices("v4-128")
+    with pytest.raises(NotImplementedError):
+        jax.make_mesh((8, 8, 1), sharding.MESH_AXES, devices=devices)
+    mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": 8, "fsdp": 8, "tensor": 1}), devices)
+    assert dict(mesh.shape) == {"data": 8, "fsdp": 8, "tensor": 1}
+    assert sorted(d.id for d in mesh.devices.flat) == sorted(d.id for d in devices)
+    # A mesh that fits the torus whole keeps jax's own layout.
+    whole = sharding.make_mesh(ml_collections.ConfigDict({"data": 4, "fsdp": 16, "tensor": 1}), devices)
+    assert (whole.devices == jax.make_mesh((4, 16, 1), sharding.MESH_AXES, devices=devices).devices).all()
