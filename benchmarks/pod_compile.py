@@ -579,6 +579,14 @@ class TpuRun:
             lo, hi = ((lo + hi) // 2, hi) if row["fits"] else (lo, (lo + hi) // 2)
         return lo, hi
 
+    def asked(self, batches_per_chip: list[int]) -> None:
+        """Only the per-chip batches asked (--batch-per-chip): "will N fit on this slice?", data parallel."""
+        for s in self.slices:
+            for name in self.configs:
+                for b in batches_per_chip:
+                    self.case(name, s, (chips_of(s), 1, 1), b * chips_of(s), purpose="asked")
+        self.write()
+
     def run(self) -> None:
         chips = {s: chips_of(s) for s in self.slices}
         # 1. Both models on every slice, data parallel at the config's batch.
@@ -713,6 +721,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", action="store_true",
                    help="--target tpu: keep OUT.json's rows and compile only the cases it lacks; several --resume "
                         "runs (e.g. one per group of --slices) may share OUT, each keeping the rows the others add")
+    p.add_argument("--batch-per-chip", type=int, nargs="+", metavar="N",
+                   help="--target tpu: compile only these per-chip batches, data parallel, on each of --slices "
+                        "(will N fit?), instead of the matrix")
     p.add_argument("--largest-batch-slices", nargs="*", choices=list(TOPOLOGIES), default=None,
                    help="--target tpu: slices to search the largest per-chip batch on (default: the smallest and "
                         "the largest of --slices; none: skip the search)")
@@ -727,7 +738,7 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(a.out if a.out != p.get_default("out") else str(REPO / "docs" / "measurements" / "pod_compile_tpu"))
         out.parent.mkdir(parents=True, exist_ok=True)
         run = TpuRun(out, a.configs, a.slices, a.overrides, a.budget_min * 60, a.resume, a.largest_batch_slices)
-        run.run()
+        run.asked(a.batch_per_chip) if a.batch_per_chip else run.run()
         print(out.with_suffix(".md").read_text())
         return 0 if run.rows and all("error" not in r or r.get("fits") is False for r in run.rows) else 1
     if a.worker:

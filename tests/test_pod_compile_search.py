@@ -93,3 +93,14 @@ def test_a_case_another_run_compiled_again_replaces_the_failed_copy(monkeypatch,
     rows = {(r["slice"], r["mesh"]["data"]): r for r in json.loads(out.with_suffix(".json").read_text())["rows"]}
     assert rows[("v4-128", 8)].get("fits") is True and "error" not in rows[("v4-128", 8)]
     assert rows[("v5e-16", 16)]["fits"]
+
+
+def test_batch_per_chip_compiles_only_what_was_asked(monkeypatch, tmp_path):
+    log: list = []
+    monkeypatch.setattr(pod_compile, "tpu_case", _fake_tpu_case(1200, log))
+    monkeypatch.setattr(pod_compile.importlib.metadata, "version", lambda name: "test")
+    run = pod_compile.TpuRun(tmp_path / "asked", ["vit_b16"], ["v5e-256"], ["loss.impl=ring"], budget_s=600,
+                             resume=False)
+    run.asked([1024, 2048])
+    assert log == [("v5e-256", 1024), ("v5e-256", 2048)]
+    assert [r.get("fits") for r in run.rows] == [True, False]
