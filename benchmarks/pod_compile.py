@@ -493,11 +493,25 @@ class TpuRun:
         self.out, self.configs, self.slices, self.overrides = out, configs, slices, tuple(overrides)
         self.resume, self.search_slices = resume, search_slices
         self.compiled: set[tuple[Any, ...]] = set()  # the cases compiled by this run
+        self._batches: dict[str, int] = {}
         self.deadline = time.monotonic() + budget_s
         self.rows: list[dict[str, Any]] = []
         self.missing: list[str] = []
         if resume and out.with_suffix(".json").exists():
-            self.rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+            self.rows = self._one_per_case(json.loads(out.with_suffix(".json").read_text())["rows"])
+
+    def _one_per_case(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Rows keyed by their batch (older runs left a failed default case's batch empty), one per case: a
+        compiled row over a failed one."""
+        by: dict[tuple[Any, ...], dict[str, Any]] = {}
+        for r in rows:
+            if r.get("global_batch") is None and r["config"] in CONFIGS and \
+                    tuple(r.get("overrides") or ()) == self.overrides:
+                r = {**r, "global_batch": self._default_batch(r["config"])}
+            k = _tpu_key(r)
+            if k not in by or ("error" in by[k] and "error" not in r):
+                by[k] = r
+        return list(by.values())
 
     def _done(self, name: str, slice_name: str, mesh_shape: tuple[int, int, int], batch: int | None) -> Any:
         key = (name, slice_name, *mesh_shape, batch, self.overrides)  # a --set run is other cases
@@ -507,11 +521,11 @@ class TpuRun:
     def case(self, name: str, slice_name: str, mesh_shape: tuple[int, int, int], batch: int | None = None,
              purpose: str = "default") -> dict[str, Any] | None:
         """The row for a case: from a previous run (--resume), compiled now, or None (budget spent: missing)."""
-        default_batch = None if batch is not None else self._default_batch(name)
-        row = self._done(name, slice_name, mesh_shape, batch or default_batch)
+        batch = batch or self._default_batch(name)
+        row = self._done(name, slice_name, mesh_shape, batch)
         if row is not None:
             return row
-        label = f"{name} {slice_name} mesh {'x'.join(map(str, mesh_shape))} batch {batch or default_batch} ({purpose})"
+        label = f"{name} {slice_name} mesh {'x'.join(map(str, mesh_shape))} batch {batch} ({purpose})"
         if time.monotonic() > self.deadline:
             self.missing.append(label)
             return None
@@ -527,7 +541,10 @@ class TpuRun:
     def _default_batch(self, name: str) -> int:
         from exif_jax import train
 
-        return int(train.load_config(str(CONFIGS[name]), list(self.overrides)).data.global_batch_size)
+        if name not in self._batches:
+            config = train.load_config(str(CONFIGS[name]), list(self.overrides))
+            self._batches[name] = int(config.data.global_batch_size)
+        return self._batches[name]
 
     def largest_batch(self, name: str, slice_name: str,
                       bracket: tuple[int, int | None] | None = None) -> tuple[int, int | None] | None:
@@ -622,7 +639,7 @@ class TpuRun:
                 # What another run wrote since wins over this run's older copy of it (e.g. a failed case it
                 # has compiled again), except for the cases this run compiled itself.
                 merged = {_tpu_key(r): r for r in self.rows}
-                merged.update({_tpu_key(r): r for r in json.loads(path.read_text())["rows"]})
+                merged.update({_tpu_key(r): r for r in self._one_per_case(json.loads(path.read_text())["rows"])})
                 merged.update({_tpu_key(r): r for r in self.rows if _tpu_key(r) in self.compiled})
                 self.rows = list(merged.values())
             self.rows.sort(key=lambda r: (order.index(r["config"]) if r["config"] in order else len(order),

@@ -104,3 +104,16 @@ def test_batch_per_chip_compiles_only_what_was_asked(monkeypatch, tmp_path):
     run.asked([1024, 2048])
     assert log == [("v5e-256", 1024), ("v5e-256", 2048)]
     assert [r.get("fits") for r in run.rows] == [True, False]
+
+
+def test_a_failed_default_case_without_its_batch_is_the_same_case(monkeypatch, tmp_path):
+    # Older runs wrote a failed default case with global_batch null: it is the config's batch, and a compiled
+    # row of the same case is the one kept.
+    monkeypatch.setattr(pod_compile.importlib.metadata, "version", lambda name: "test")
+    out = tmp_path / "old"
+    case = {"config": "vit_b16", "slice": "v4-128", "topology": "v4:4x4x4", "mesh": {"data": 8, "fsdp": 8, "tensor": 1}}
+    failed = {**case, "global_batch": None, "compile_s": 0.0, "error": "NotImplementedError: mesh"}
+    good = _fake_tpu_case(1200, [])("vit_b16", "v4-128", (8, 8, 1), (), 1024)
+    out.with_suffix(".json").write_text(json.dumps({"rows": [failed, good]}))
+    run = pod_compile.TpuRun(out, ["vit_b16"], ["v4-128"], [], budget_s=0, resume=True)
+    assert run.rows == [good] and run.case("vit_b16", "v4-128", (8, 8, 1)) == good
