@@ -4,12 +4,15 @@
 this machine for abstract devices of a slice (`jax.experimental.topologies`, no TPU attached): v5e-16/64/256,
 v4-32/128 and v5p-128 (TOPOLOGIES). In priority order, under --budget-min: both configs data parallel at
 their batch on every slice; the largest per-chip batch that compiles and fits on the smallest and the largest
-slice (powers of two from a linear guess, then one refinement); the other meshes below. Per chip: arguments,
+slice (powers of two from a linear guess, then one refinement; the larger slice starts from the smaller
+one's bracket); the other meshes below. Per chip: arguments,
 outputs, temporaries, generated code and their total against the chip's HBM (fits, margin), the collectives
 in the TPU HLO, FLOPs and `optimal_seconds` from the cost analysis (kept only when positive). OUT.json/.md
 (default docs/measurements/pod_compile_tpu) are rewritten after every compile, listing what is not done yet.
   .venv/bin/python benchmarks/pod_compile.py --target tpu                     # ~6 min a compile on 2 busy cores
   .venv/bin/python benchmarks/pod_compile.py --target tpu --resume --budget-min 30   # go on where it stopped
+  ... --target tpu --resume --slices v4-32 v4-128 v5p-128 --largest-batch-slices &    # one run per core, one OUT
+  ... --target tpu --slices v5e-256 --configs vit_b16 --batch-per-chip 1024 --set loss.impl=ring   # one point
   POD_COMPILE_HLO_DIR=/tmp/hlo ... keeps each compiled HLO (gzip) to read what the counts stand for.
 
 --target cpu (the fallback without libtpu): for each config (configs/vit_b16.py, configs/resnet50_paper.py) at
@@ -687,8 +690,8 @@ def tpu_markdown(rows: list[dict[str, Any]], missing: list[str]) -> str:
               "~0.5 GiB as not fitting. fits: compiled, and total <= HBM; a compile libtpu rejects for memory "
               "is a 'does not fit' row. Collectives: executions × bytes per step, parsed from the TPU HLO. "
               "optimal s: the compiler's `optimal_seconds`, shown only when positive (n/a: libtpu returned a "
-              "negative or no figure for the whole step). Compile seconds on 2 CPU cores shared with other "
-              "work, at nice 19."]
+              "negative or no figure for the whole step). Compile seconds on a 2-core machine running one "
+              "or two compiles at a time beside other work (libtpu compiles on one core)."]
     lines += ["", "Largest per-chip batch that fits (data parallel; compiled, not extrapolated):", "",
               "| config | slice | largest fitting batch/chip | smallest batch/chip that did not fit | compiles |",
               "|---|---|---|---|---|"]
