@@ -307,7 +307,8 @@ def compile_case(config_path: str | Path, mesh_shape: tuple[int, int, int], over
     mem = compiled.memory_analysis()
     hlo = compiled.as_text()
     if os.environ.get("POD_COMPILE_HLO_DIR"):  # keep the compiled HLO, to read what the counts stand for
-        name = (f"{Path(config_path).stem}_{platform}{mesh.devices.size}_{data}x{fsdp}x{tensor}"
+        kind = re.sub(r"[^a-z0-9]+", "", mesh.devices.flat[0].device_kind.lower())  # v5e-16 and v4-32: both 16
+        name = (f"{Path(config_path).stem}_{kind}{mesh.devices.size}_{data}x{fsdp}x{tensor}"
                 f"_b{config.data.global_batch_size}")
         with gzip.open(Path(os.environ["POD_COMPILE_HLO_DIR"]) / f"{name}.hlo.gz", "wt") as f:
             f.write(hlo)
