@@ -482,10 +482,16 @@ def tpu_case(name: str, slice_name: str, mesh_shape: tuple[int, int, int], overr
     return row
 
 
+def _case_key(name: str, slice_name: str | None, mesh_shape: tuple[Any, ...], batch: int | None,
+              overrides: tuple[str, ...]) -> tuple[Any, ...]:
+    """What makes a case: a --set run's cases are other cases."""
+    return (name, slice_name, *mesh_shape, batch, tuple(overrides))
+
+
 def _tpu_key(row: dict[str, Any]) -> tuple[Any, ...]:
     mesh = row.get("mesh") or {}
-    return (row["config"], row.get("slice"), mesh.get("data"), mesh.get("fsdp"), mesh.get("tensor"),
-            row.get("global_batch"), tuple(row.get("overrides") or ()))
+    return _case_key(row["config"], row.get("slice"), (mesh.get("data"), mesh.get("fsdp"), mesh.get("tensor")),
+                     row.get("global_batch"), tuple(row.get("overrides") or ()))
 
 
 class TpuRun:
@@ -518,7 +524,7 @@ class TpuRun:
         return list(by.values())
 
     def _done(self, name: str, slice_name: str, mesh_shape: tuple[int, int, int], batch: int | None) -> Any:
-        key = (name, slice_name, *mesh_shape, batch, self.overrides)  # a --set run is other cases
+        key = _case_key(name, slice_name, mesh_shape, batch, self.overrides)
         return next((r for r in self.rows if _tpu_key(r) == key and ("error" not in r or r.get("fits") is False)),
                     None)
 
@@ -603,9 +609,10 @@ class TpuRun:
     def asked(self, batches_per_chip: list[int]) -> None:
         """Only the per-chip batches asked (--batch-per-chip): "will N fit on this slice?", data parallel."""
         for s in self.slices:
+            chips = chips_of(s)
             for name in self.configs:
                 for b in batches_per_chip:
-                    self.case(name, s, (chips_of(s), 1, 1), b * chips_of(s), purpose="asked")
+                    self.case(name, s, (chips, 1, 1), b * chips, purpose="asked")
         self.write()
 
     def run(self) -> None:
